@@ -1,0 +1,191 @@
+"""Save, find, verify and load training state.
+
+A checkpoint is a folder `checkpoints/step-000100/`:
+  model/                  the weights as a loadable artifact (LoRA adapter in PEFT format, or
+                          the whole model), with the tokenizer and lmtune.json
+  optimizer.safetensors   optimizer tensors; optimizer.json holds the rest of its state
+  rng.safetensors         torch RNG states (dropout must continue where it stopped)
+  state.json              step, data position, counters, best validation loss
+  manifest.json           sha256 of every file above, written last
+
+It is written under a temporary name and renamed when complete, so a crash never leaves a
+folder that looks whole; resume verifies the manifest and refuses a damaged checkpoint
+instead of silently starting over. Nothing here unpickles: tensors go to safetensors and
+everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmtune.errors import UserError
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+TMP_PREFIX = ".tmp-"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state <-> safetensors + JSON.
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, per_param in state["state"].items():
+        entry = {}
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                entry[key] = value
+        meta["state"][str(idx)] = entry
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for name, tensor in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = tensor
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving.
+
+def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], optimizer,
+         state: dict, keep: int, best_step: int | None) -> Path:
+    """Write checkpoint `step` atomically, then prune old ones (only after the new one is
+    complete, so a failed save never costs the previous checkpoints)."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_name(step)
+    tmp = ckpt_root / (TMP_PREFIX + step_name(step))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model(tmp / "model")
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        _write_json(tmp / "optimizer.json", meta)
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda{i}"] = s
+        save_file(rng, tmp / "rng.safetensors")
+        _write_json(tmp / "state.json", state)
+        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
+        _write_json(tmp / "manifest.json", manifest)
+        if final.exists():  # a re-save of the same step (e.g. interrupt right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}",
+                        hint="free disk space; earlier checkpoints were left as they were")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(ckpt_root, keep=keep, best_step=best_step)
+    return final
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prune(ckpt_root: Path, *, keep: int, best_step: int | None) -> None:
+    steps = complete_steps(ckpt_root)
+    keepers = set(steps[-keep:]) if keep > 0 else set()
+    if best_step is not None:
+        keepers.add(best_step)
+    for s in steps:
+        if s not in keepers:
+            shutil.rmtree(ckpt_root / step_name(s), ignore_errors=True)
+
+
+def clean_partial(ckpt_root: Path) -> None:
+    """Remove temporary folders left by a crash during a save."""
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading.
+
+def complete_steps(ckpt_root: Path) -> list[int]:
+    if not ckpt_root.is_dir():
+        return []
+    steps = []
+    for p in ckpt_root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "manifest.json").is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def verify(folder: Path) -> None:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint {folder} has an unreadable manifest ({e})",
+                        hint="delete that checkpoint folder to resume from an older one")
+    for rel, digest in manifest.items():
+        path = folder / rel
+        if not path.is_file():
+            raise UserError(f"checkpoint {folder} is missing {rel}",
+                            hint="delete that checkpoint folder to resume from an older one")
+        if _sha256(path) != digest:
+            raise UserError(f"checkpoint file {path} does not match its manifest (altered or "
+                            f"truncated)", hint="delete that checkpoint folder to resume from "
+                                                "an older one")
+
+
+def latest(ckpt_root: Path) -> Path | None:
+    steps = complete_steps(ckpt_root)
+    return ckpt_root / step_name(steps[-1]) if steps else None
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((folder / "state.json").read_text(encoding="utf-8"))
+
+
+def load_optimizer(folder: Path, optimizer) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"),
+                                                    meta))
+
+
+def restore_rng(folder: Path) -> None:
+    rng = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

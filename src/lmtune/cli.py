@@ -1,0 +1,178 @@
+"""The command line: parse, call one function, print, map errors to exit codes.
+
+Flags are generated from the typed configs in config.py, so defaults and help text live in
+one place. Errors go to stderr as one line plus a `hint:` line; data goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from lmtune import config as config_mod
+from lmtune.config import GenerateConfig, MergeConfig, TrainConfig
+from lmtune.errors import UserError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    types = config_mod.field_types(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta, tp = f.metadata, types[f.name]
+        group_name = meta.get("group", "options")
+        group = groups.setdefault(group_name, parser.add_argument_group(group_name))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = meta["help"]
+        if default not in (None, "", [], False) and tp is not bool:
+            help_text += f" (default: {default})"
+        # Every flag defaults to SUPPRESS so we can tell what the user typed from what the
+        # config file or the dataclass should decide.
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        if meta.get("positional"):
+            group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kw)
+            continue
+        names = ["--" + f.name.replace("_", "-")]
+        if meta.get("alias"):
+            names.insert(0, meta["alias"])
+        if tp is bool:
+            group.add_argument(*names, dest=f.name, action="store_true", **kw)
+            if default is True:
+                group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
+                                   action="store_false", default=argparse.SUPPRESS,
+                                   help=f"Turn off {names[-1]}.")
+            continue
+        if tp is list:
+            kw.update(action="append" if f.name in ("prompts", "sample_prompts", "stop")
+                      else "extend", nargs=None if f.name in ("prompts", "sample_prompts",
+                                                               "stop") else "+")
+            kw["metavar"] = "TEXT" if f.name in ("prompts", "sample_prompts", "stop") else "NAME"
+        else:
+            kw["type"] = tp
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        group.add_argument(*names, dest=f.name, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmtune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lmtune", description="Fine-tune GPT-style language models on your own text.")
+    parser.add_argument("--version", action="version", version=f"lmtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = [
+        ("train", TrainConfig, "Fine-tune a model on a data file."),
+        ("generate", GenerateConfig, "Generate text from a model or run folder."),
+        ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model."),
+    ]
+    for name, cls, help_text in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="YAML", default=None,
+                       help="Read options from a YAML file; flags given here override it.")
+        _add_config_flags(p, cls)
+        p.set_defaults(_cls=cls)
+    demo = sub.add_parser("demo", help="Fine-tune the default model on the jokes that pyjokes "
+                                        "ships and show samples before and after.")
+    demo.add_argument("--out", default=None, help="Run folder (default: runs/demo-<time>).")
+    demo.add_argument("--epochs", type=float, default=3.0, help="Passes over the jokes.")
+    demo.add_argument("--model", default=None, help="Model to fine-tune (default: the "
+                                                    "embedded SmolLM2-135M-Instruct).")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    _quiet_libraries()
+    values = {k: v for k, v in vars(args).items() if not k.startswith("_")
+              and k not in ("command", "config")}
+    try:
+        if args.command == "train":
+            return _train(values, args.config)
+        if args.command == "generate":
+            return _generate(values, args.config)
+        if args.command == "merge":
+            return _merge(values, args.config)
+        if args.command == "demo":
+            from lmtune.demo import run_demo
+            return run_demo(out=args.out, epochs=args.epochs, model=args.model)
+    except UserError as e:
+        _print_error(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; no checkpoint was written for the current step",
+              file=sys.stderr)
+        return 130
+    return 2
+
+
+def _print_error(e: UserError) -> None:
+    print(f"error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
+
+
+def _train(values: dict, config_file: str | None) -> int:
+    from lmtune.console import TrainConsole
+    from lmtune.train import train
+
+    with TrainConsole() as console:
+        result = train(config_file=config_file, on_event=console, **values)
+    print(f"final model: {result.final}")
+    if result.best_val_loss is not None:
+        print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step}")
+    print(f"try it: lmtune generate {result.out} --prompt '...'")
+    return 0
+
+
+def _generate(values: dict, config_file: str | None) -> int:
+    from lmtune.api import load, run_generate
+
+    cfg = config_mod.build(GenerateConfig, values, config_file)
+    model, tokenizer = load(cfg.model, device=cfg.device, precision="fp32",
+                            trust_remote_code=cfg.trust_remote_code)
+    samples = run_generate(cfg, model, tokenizer)
+    for i, s in enumerate(samples):
+        if cfg.json:
+            print(json.dumps(s.to_dict(), ensure_ascii=False))
+        else:
+            if i:
+                print("-" * 40)
+            print(s.prompt + s.text)
+    return 0
+
+
+def _merge(values: dict, config_file: str | None) -> int:
+    from lmtune.merge import merge
+
+    cfg = config_mod.build(MergeConfig, values, config_file)
+    if not cfg.run or not cfg.out:
+        raise UserError("merge needs a run folder and --out", hint="lmtune merge RUN --out DIR")
+    result = merge(cfg.run, cfg.out, trust_remote_code=cfg.trust_remote_code)
+    print(f"merged model: {result.out}")
+    print(f"largest logit difference between adapter and merged model: "
+          f"{result.max_logit_diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Turns training events into what a person sees: a progress bar, messages and samples.
+
+Everything goes to stderr, so stdout stays clean for results a script may read."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+class TrainConsole:
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar: tqdm | None = None
+        self.postfix: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def __call__(self, event: str, data: dict) -> None:
+        getattr(self, "on_" + event, lambda d: None)(data)
+
+    def on_start(self, d: dict) -> None:
+        s = d["stats"]
+        dropped = s.get("dropped_empty", 0) + s.get("dropped_missing", 0)
+        self.say(f"data: {d['train_examples']} training and {d['val_examples']} validation "
+                 f"examples, {_count(d['train_tokens'])} training tokens"
+                 + (f" ({dropped} empty or incomplete records skipped)" if dropped else ""))
+        self.say(f"model: {d['model']} on {d['device']} in {d['precision']}; method "
+                 f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
+                 f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
+        per_step = d["tokens_per_step"]
+        self.say(f"plan: {per_step} tokens per step (batch {d['batch_size']} x block "
+                 f"{d['block_size']} x accumulation {d['grad_accum']}), "
+                 f"{d['steps_per_epoch']} steps per epoch, {d['total_steps']} steps, lr {d['lr']}")
+        if d["train_tokens"] < per_step:
+            self.say(f"note: the training data ({d['train_tokens']} tokens) is smaller than one "
+                     f"step; every step sees all of it")
+        if d["start_step"]:
+            self.say(f"resuming at step {d['start_step']}")
+        self.say(f"run folder: {d['out']}")
+
+    def on_progress(self, d: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=d["total"], initial=d["step"], file=self.stream,
+                            desc="training", unit="step", dynamic_ncols=True)
+        else:
+            self.bar.update(d["step"] - self.bar.n)
+
+    def on_log(self, d: dict) -> None:
+        self.postfix.update(loss=f"{d['loss']:.4f}", lr=f"{d['lr']:.2e}",
+                            tok_s=f"{d['tokens_per_s']:.0f}")
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def on_eval(self, d: dict) -> None:
+        self.postfix["val_loss"] = f"{d['val_loss']:.4f}"
+        self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f} "
+                 f"(perplexity {d['val_ppl']:.2f})")
+
+    def on_sample(self, d: dict) -> None:
+        text = (d["prompt"] + d["text"]).strip().replace("\n", "\n    ")
+        self.say(f"sample at step {d['step']}: {text}")
+
+    def on_message(self, d: dict) -> None:
+        self.say(d["text"])
+
+    def on_checkpoint(self, d: dict) -> None:
+        pass
+
+    def on_end(self, d: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,80 @@
+"""Tokenize examples into one flat array of token ids with a loss mask.
+
+Document i is `[start] + prompt + completion + [eos]`. The start token gives the first
+real token something to be predicted from (so unconditional generation can begin from
+it); the EOS counts in the loss so the model learns to stop.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmtune.data.examples import Example
+from lmtune.errors import UserError
+
+
+@dataclass
+class TokenizedDocs:
+    ids: np.ndarray  # (n_tokens,) uint32, all documents concatenated
+    loss_mask: np.ndarray  # (n_tokens,) bool: True where the token is a target that counts in the loss
+    offsets: np.ndarray  # (n_docs + 1,) int64: document i is ids[offsets[i]:offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def start_token_id(tokenizer) -> int:
+    """The token every document starts with (and generation starts from): BOS, else EOS."""
+    if tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id
+    return _eos_token_id(tokenizer)
+
+
+def _eos_token_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise UserError("the model's tokenizer has no end-of-text (EOS) token, so a fine-tuned model "
+                        "could not learn where an example ends",
+                        hint="pick a model whose tokenizer defines eos_token, or set tokenizer.eos_token")
+    return tokenizer.eos_token_id
+
+
+def tokenize_examples(examples: list[Example], tokenizer, batch_size: int = 1000) -> TokenizedDocs:
+    """Tokenize in batches: one tokenizer call per `batch_size` texts, never one per example."""
+    start, eos = start_token_id(tokenizer), _eos_token_id(tokenizer)
+    completions = _tokenize(tokenizer, [ex.completion for ex in examples], batch_size)
+    # Plain text has no prompt; tokenize only the prompts that exist.
+    with_prompt = [i for i, ex in enumerate(examples) if ex.prompt]
+    prompts: list[list[int]] = [[] for _ in examples]
+    for i, ids in zip(with_prompt, _tokenize(tokenizer, [examples[i].prompt for i in with_prompt], batch_size)):
+        prompts[i] = ids
+
+    n_prompt = np.fromiter((len(p) for p in prompts), dtype=np.int64, count=len(examples))
+    n_completion = np.fromiter((len(c) for c in completions), dtype=np.int64, count=len(examples))
+    lengths = 1 + n_prompt + n_completion + 1
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+
+    ids = np.empty(int(offsets[-1]), dtype=np.uint32)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        a = offsets[i]
+        ids[a] = start
+        ids[a + 1: a + 1 + n_prompt[i]] = prompt
+        ids[a + 1 + n_prompt[i]: offsets[i + 1] - 1] = completion
+        ids[offsets[i + 1] - 1] = eos
+
+    # Per document: False for the start token and the prompt, True for completion + EOS.
+    runs = np.stack([1 + n_prompt, n_completion + 1], axis=1).ravel()
+    loss_mask = np.repeat(np.tile([False, True], len(examples)), runs)
+    return TokenizedDocs(ids=ids, loss_mask=loss_mask, offsets=offsets)
+
+
+def _tokenize(tokenizer, texts: list[str], batch_size: int) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in range(0, len(texts), batch_size):
+        # verbose=False: a long document is not an error here; packing cuts it into blocks.
+        out += tokenizer(texts[i: i + batch_size], add_special_tokens=False, verbose=False)["input_ids"]
+    return out

@@ -1,0 +1,66 @@
+"""Fold a LoRA adapter into its base weights and save a standalone model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmtune.errors import UserError
+from lmtune.generate import encode_prompt
+from lmtune.models import RUN_FILE, load_base, load_tokenizer, resolve
+
+MAX_LOGIT_DIFF = 1e-3
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    max_logit_diff: float
+
+
+@torch.no_grad()
+def merge(run: str, out: str, *, trust_remote_code: bool = False) -> MergeResult:
+    from peft import PeftModel
+
+    resolved = resolve(run)
+    if resolved.adapter is None:
+        raise UserError(f"{run} holds a full model, not a LoRA adapter; there is nothing to "
+                        f"merge", hint="use it directly with --model")
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"--out {target} already exists and is not empty",
+                        hint="pass a new folder")
+    tokenizer = load_tokenizer(resolved, trust_remote_code)
+    # fp32 throughout: merging in bf16 would round the base weights and the check below
+    # would measure the rounding, not the merge.
+    base = load_base(resolved, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, resolved.adapter).eval()
+    probe = torch.tensor([encode_prompt(tokenizer, PROBE_TEXT)])
+    before = model(probe).logits
+    merged = model.merge_and_unload(safe_merge=True)  # safe_merge refuses NaN weights
+    diff = (merged(probe).logits - before).abs().max().item()
+    if diff > MAX_LOGIT_DIFF:
+        raise UserError(f"the merged model differs from the adapter by {diff:.2e} in logits "
+                        f"(limit {MAX_LOGIT_DIFF})", hint="the adapter may be damaged; nothing "
+                                                          "was written")
+    info = dict(resolved.info or {})
+    info.update(method="merged", merged_from=str(Path(run).resolve()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-merge-", dir=target.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        if target.exists():
+            target.rmdir()
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(out=target, max_logit_diff=diff)

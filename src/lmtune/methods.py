@@ -1,0 +1,109 @@
+"""Full, freeze and LoRA differ only in which parameters train; the loop is shared.
+
+Each function takes a loaded causal LM and returns the model to train (LoRA wraps it in a
+PEFT model; the others set requires_grad in place).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmtune.errors import UserError
+from lmtune.models import num_layers
+
+# Where each family keeps its projections. GPT-2 uses Conv1D layers whose weight is stored
+# transposed (in x out), hence fan_in_fan_out for PEFT.
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FAN_IN_FAN_OUT = {"gpt2"}
+
+
+def default_lora_targets(model_type: str) -> list[str] | str:
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo",
+                      "smollm3", "granite"):
+        return LLAMA_LIKE
+    return "all-linear"  # PEFT picks every linear layer except the output head
+
+
+def apply_lora(model, *, r: int, alpha: int, dropout: float, targets: list[str] | None):
+    from peft import LoraConfig, get_peft_model
+
+    model_type = model.config.model_type
+    target_modules = targets or default_lora_targets(model_type)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=target_modules, task_type="CAUSAL_LM",
+                        fan_in_fan_out=model_type in FAN_IN_FAN_OUT)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        if "not found" not in str(e) and "Target module" not in str(e):
+            raise
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                         if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+        raise UserError(f"--lora-targets {' '.join(targets or [])}: no such modules in "
+                        f"{model_type}", hint="modules that LoRA can adapt here: "
+                        + ", ".join(leaves))
+
+
+def _blocks(model) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList whose length is the layer count."""
+    n = num_layers(model)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise UserError(f"cannot find the transformer blocks of {model.config.model_type}",
+                    hint="use --method lora or --method full")
+
+
+def _final_norm(model) -> nn.Module | None:
+    base = getattr(model, model.base_model_prefix, model)
+    for name in ("ln_f", "norm", "final_layer_norm", "final_layernorm"):
+        if isinstance(getattr(base, name, None), nn.Module):
+            return getattr(base, name)
+    return None
+
+
+def apply_freeze(model, train_layers: int):
+    n = num_layers(model)
+    if not 1 <= train_layers <= n:
+        raise UserError(f"--train-layers {train_layers} is outside 1..{n} ({model.config.model_type} "
+                        f"has {n} blocks)")
+    model.requires_grad_(False)
+    for block in list(_blocks(model))[n - train_layers:]:
+        block.requires_grad_(True)
+    norm = _final_norm(model)
+    if norm is not None:
+        norm.requires_grad_(True)
+    # The LM head is often tied to the input embeddings (GPT-2, SmolLM2): training it trains
+    # that shared matrix too, which is what the head-and-top-blocks recipe does anyway.
+    model.get_output_embeddings().requires_grad_(True)
+    return model
+
+
+def apply_method(model, cfg):
+    if cfg.method == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.method == "freeze":
+        return apply_freeze(model, cfg.train_layers)
+    return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                      targets=cfg.lora_targets)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    # Tied weights appear once in parameters(), so they are not counted twice.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

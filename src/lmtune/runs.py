@@ -1,0 +1,125 @@
+"""The run folder is the contract: everything a later command needs sits in it.
+
+  config.yaml      the resolved config (pass it back with --config)
+  metrics.jsonl    one JSON object per log step and per evaluation
+  samples.jsonl    samples generated during training
+  checkpoints/     resumable training state
+  final/           the model: LoRA adapter (PEFT format) or the whole model, the tokenizer,
+                   and lmtune.json (base model, method, templates)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from lmtune.errors import UserError
+from lmtune.models import RUN_FILE
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "samples.jsonl")
+
+
+def default_out(data: str) -> Path:
+    name = Path(data.rstrip("/")).stem or "run"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def holds_run(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / m).exists() for m in RUN_MARKERS)
+
+
+def check_out(out: Path, *, resume: bool, overwrite: bool, model_path: str | None) -> None:
+    """Refuse unsafe output folders before anything is loaded or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file", hint="pass a folder path")
+    if model_path and out.exists() and Path(model_path).exists() and \
+            out.resolve() == Path(model_path).resolve():
+        raise UserError(f"--out {out} is the base model's own folder",
+                        hint="write the run to a new folder")
+    if resume:
+        if not holds_run(out) or not (out / "config.yaml").is_file():
+            raise UserError(f"--resume: {out} holds no run to resume",
+                            hint="drop --resume to start a new run there")
+        return
+    if holds_run(out) and not overwrite:
+        raise UserError(f"{out} already holds a run",
+                        hint="pass --resume to continue it, --overwrite to replace it, or "
+                             "another --out")
+    if out.is_dir() and any(out.iterdir()) and not holds_run(out):
+        raise UserError(f"{out} is not empty and holds no run",
+                        hint="pass an empty or new folder as --out")
+
+
+def clear_run(out: Path) -> None:
+    """--overwrite: remove what a run wrote, nothing else."""
+    for name in RUN_MARKERS + (RUN_FILE,):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+class RunLock:
+    """An exclusive lock on the run folder: a second `lmtune train` on it refuses."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(f"another lmtune process is training in {self.path.parent}",
+                            hint="wait for it to finish or use another --out")
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.path.unlink(missing_ok=True)
+
+
+def run_info(cfg, base_model: str) -> dict:
+    from lmtune import __version__
+
+    return {
+        "lmtune_version": __version__,
+        "task": "generate",
+        "base_model": base_model,
+        "method": cfg.method,
+        "template": cfg.template,
+        "prompt_template": cfg.prompt_template,
+        "completion_template": cfg.completion_template,
+        "column": cfg.column,
+        # Every training example started with this token; generation prepends it too.
+        "start_token": "bos_or_eos",
+    }
+
+
+def save_artifact(folder: Path, model, tokenizer, info: dict) -> None:
+    """Weights (safetensors), tokenizer and lmtune.json: loadable by transformers or PEFT."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+class JsonlWriter:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

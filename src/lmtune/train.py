@@ -1,0 +1,406 @@
+"""The training loop, top to bottom: setup -> fit -> validate -> save.
+
+`train()` is what both `lmtune train` and `lmtune.train(...)` call. It reports progress
+through `on_event(name, data)` (the CLI turns events into a progress bar and messages) and
+returns a `TrainResult`; it prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lmtune import checkpoint, config as config_mod
+from lmtune.config import TrainConfig
+from lmtune.corpus import (data_name, docs_hash, load_splits, make_dataset, tokenize_splits)
+from lmtune.errors import UserError
+from lmtune.evaluate import mean_loss, perplexity
+from lmtune.generate import generate
+from lmtune.loss import loss_sum
+from lmtune.methods import apply_method, count_parameters
+from lmtune.models import context_length, load_base, load_tokenizer, num_layers, resolve
+from lmtune.plan import check_numbers, plan_run
+from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out, run_info,
+                         save_artifact)
+from lmtune.runtime import pick_device, pick_precision, set_threads
+
+# Settings that may differ when resuming; any other change is refused by name.
+RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
+                     "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
+                     "keep", "patience", "device", "out", "data", "val_data"}
+MAX_BAD_STEPS = 5
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    final: Path
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    stopped: str  # "completed", "patience"
+
+
+def _emit_nothing(event: str, data: dict) -> None:
+    pass
+
+
+def train(config: TrainConfig | None = None, *, config_file: str | None = None,
+          on_event: Callable[[str, dict], None] | None = None, **overrides) -> TrainResult:
+    """Fine-tune a model. Pass a `TrainConfig`, or option names as keyword arguments
+    (`train("jokes.txt", method="lora", epochs=2)`), optionally over a YAML `config_file`."""
+    emit = on_event or _emit_nothing
+    if config is None:
+        config = _build_config(config_file, overrides)
+    cfg = config
+    problems = check_numbers(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
+    out = Path(cfg.out) if cfg.out else default_out(cfg.data)
+    resolved = resolve(cfg.model)
+    check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=resolved.path)
+    if resolved.adapter is not None:
+        raise UserError(f"--model {cfg.model} is a LoRA adapter",
+                        hint=f"merge it first (lmtune merge {cfg.model} --out DIR) and train "
+                             f"from the merged folder")
+
+    # --- data: read and tokenize everything before the model loads or anything is written
+    splits = load_splits(cfg)
+    tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
+    train_docs, val_docs = tokenize_splits(splits, tokenizer)
+    model_config = _peek_config(resolved, cfg.trust_remote_code)
+    cfg, plan = plan_run(
+        cfg, n_train_tokens=train_docs.n_tokens, context=context_length(model_config),
+        n_layers=_config_layers(model_config),
+        n_blocks_for=lambda bs: make_dataset(train_docs, bs, pack=cfg.pack, shuffle=False,
+                                             seed=0).num_blocks())
+    cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
+    data_hash = docs_hash(train_docs, *([val_docs] if val_docs else []))
+    start = _read_resume_state(out, cfg, data_hash) if cfg.resume else None
+    train_set = make_dataset(train_docs, plan.block_size, pack=cfg.pack, shuffle=True,
+                             seed=cfg.seed)
+    val_set = (make_dataset(val_docs, plan.block_size, pack=cfg.pack, shuffle=False, seed=0)
+               if val_docs else None)
+
+    # --- model, method, precision
+    set_threads()
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    model = load_base(resolved, trust_remote_code=cfg.trust_remote_code)
+    if start is not None and cfg.method != "lora":
+        _load_weights(model, start / "model")
+    model = apply_method(model, cfg)
+    if start is not None and cfg.method == "lora":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        set_peft_model_state_dict(model, load_file(start / "model" / "adapter_model.safetensors"))
+    model.config.use_cache = False
+    trainable, total = count_parameters(model)
+    accelerator = _accelerator(device, precision)
+    optimizer = _optimizer(model, cfg, device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = _scheduler(optimizer, cfg, plan.total_steps)
+    state = {"step": 0, "tokens": 0, "best_val_loss": None, "best_step": None,
+             "bad_evals": 0, "skipped_steps": 0, "data_hash": data_hash}
+    if start is not None:
+        state.update(checkpoint.read_state(start))
+        checkpoint.load_optimizer(start, optimizer)
+        for _ in range(state["step"]):
+            scheduler.step()
+    if state["step"] >= plan.total_steps:
+        raise UserError(f"{out} already trained {state['step']} steps",
+                        hint="raise --max-steps or --epochs to train further")
+
+    emit("start", {"out": str(out), "model": cfg.model, "method": cfg.method,
+                   "trainable": trainable, "total": total, "device": device,
+                   "precision": precision, "train_examples": len(splits.train),
+                   "val_examples": len(splits.val), "train_tokens": train_docs.n_tokens,
+                   "block_size": plan.block_size, "batch_size": plan.batch_size,
+                   "grad_accum": cfg.grad_accum, "tokens_per_step": plan.tokens_per_step,
+                   "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+                   "start_step": state["step"], "lr": cfg.lr, "stats": splits.stats})
+
+    # --- the run folder: created only now that every input has been checked
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        if cfg.overwrite and not cfg.resume:
+            clear_run(out)
+        checkpoint.clean_partial(out / "checkpoints")
+        (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
+        info = run_info(cfg, _base_name(cfg.model, resolved))
+        return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
+                    train_set, val_set, state, info, emit, start)
+
+
+def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, train_set,
+         val_set, state, info, emit, start) -> TrainResult:
+    device = accelerator.device
+    metrics, samples_log = JsonlWriter(out / "metrics.jsonl"), JsonlWriter(out / "samples.jsonl")
+    params = [p for p in model.parameters() if p.requires_grad]
+    unwrapped = accelerator.unwrap_model(model)
+    stop = _StopFlag()
+    stop.install()
+
+    def evaluate_now(step: int) -> float | None:
+        if val_set is None:
+            return None
+        val_loss, _ = mean_loss(model, val_set, plan.batch_size, device, accelerator.autocast)
+        record = {"step": step, "val_loss": round(val_loss, 6), "val_ppl": round(
+            perplexity(val_loss), 4)}
+        metrics.write(record)
+        emit("eval", record)
+        return val_loss
+
+    def sample_now(step: int) -> None:
+        if not cfg.sample_every:
+            return
+        with accelerator.autocast():
+            got = generate(unwrapped, tokenizer, cfg.sample_prompts or None, n=1,
+                           max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step)
+        for s in got:
+            record = {"step": step, "prompt": s.prompt, "text": s.text}
+            samples_log.write(record)
+            emit("sample", record)
+
+    def save_now(step: int) -> Path:
+        path = checkpoint.save(
+            out / "checkpoints", step, optimizer=optimizer, keep=cfg.keep,
+            best_step=state["best_step"], state=dict(state, step=step),
+            save_model=lambda folder: save_artifact(folder, unwrapped, tokenizer, info))
+        emit("checkpoint", {"step": step, "path": str(path)})
+        return path
+
+    if start is not None:
+        checkpoint.restore_rng(start)  # after model set-up, which draws LoRA init from the RNG
+    model.train()
+    step = state["step"]
+    window_loss = torch.zeros((), device=device)
+    window_targets, window_tokens, window_t0 = 0, 0, time.perf_counter()
+    last_train_loss, val_loss, stopped = None, None, "completed"
+    bad_in_row = 0
+    emit("progress", {"step": step, "total": plan.total_steps})
+    while step < plan.total_steps:
+        epoch, in_epoch = divmod(step, plan.steps_per_epoch)
+        batches = train_set.batches(epoch, plan.batch_size, start=in_epoch * cfg.grad_accum)
+        while in_epoch < plan.steps_per_epoch and step < plan.total_steps:
+            micro = list(islice(batches, cfg.grad_accum))
+            n_targets = max(1, sum(b.n_target_tokens for b in micro))
+            step_loss = torch.zeros((), device=device)
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    loss = loss_sum(model, batch, device) / n_targets
+                    accelerator.backward(loss)
+                step_loss += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+            # One host sync per step: a non-finite gradient must skip the update, never
+            # reach the weights (and so never a checkpoint).
+            if not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                state["skipped_steps"] += 1
+                bad_in_row += 1
+                if bad_in_row >= MAX_BAD_STEPS:
+                    raise UserError(f"the loss was not finite for {bad_in_row} steps in a row "
+                                    f"(step {step + 1})", hint="lower --lr, or use --precision "
+                                                                "fp32 or bf16 instead of fp16")
+                emit("message", {"text": f"step {step + 1}: non-finite gradient, update "
+                                         f"skipped"})
+            else:
+                bad_in_row = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            in_epoch += 1
+            window_loss += step_loss * n_targets
+            window_targets += n_targets
+            real_tokens = sum(b.n_tokens for b in micro)
+            window_tokens += real_tokens
+            state["tokens"] += real_tokens
+            last = step == plan.total_steps
+            if step % cfg.log_every == 0 or last:
+                elapsed = time.perf_counter() - window_t0
+                last_train_loss = window_loss.item() / window_targets  # host sync: log steps only
+                record = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4),
+                          "loss": round(last_train_loss, 6),
+                          "lr": scheduler.get_last_lr()[0], "tokens": state["tokens"],
+                          "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1),
+                          "grad_norm": round(float(grad_norm), 4)}
+                metrics.write(record)
+                emit("log", record)
+                window_loss.zero_()
+                window_targets, window_tokens, window_t0 = 0, 0, time.perf_counter()
+            emit("progress", {"step": step, "total": plan.total_steps})
+            if step % cfg.eval_every == 0 or last or stop.signum:
+                val_loss = evaluate_now(step)
+                if val_loss is not None:
+                    best = state["best_val_loss"]
+                    if best is None or val_loss < best:
+                        state["best_val_loss"], state["best_step"] = val_loss, step
+                        state["bad_evals"] = 0
+                    else:
+                        state["bad_evals"] += 1
+            if cfg.sample_every and (step % cfg.sample_every == 0 or last):
+                sample_now(step)
+            if stop.signum or last or step % cfg.save_every == 0 or (
+                    cfg.patience and state["bad_evals"] >= cfg.patience):
+                save_now(step)
+            if stop.signum:
+                stop.restore()
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved in "
+                                  f"{out / 'checkpoints' / checkpoint.step_name(step)}",
+                                  hint=f"resume with: lmtune train --resume --out {out}")
+            if cfg.patience and state["bad_evals"] >= cfg.patience:
+                stopped = "patience"
+                emit("message", {"text": f"stopping early: no better validation loss in "
+                                         f"{cfg.patience} evaluations"})
+                break
+        if stopped != "completed":
+            break
+    stop.restore()
+    final = out / "final"
+    save_artifact(final, unwrapped, tokenizer, info)
+    emit("end", {"final": str(final), "step": step})
+    return TrainResult(out=out, final=final, steps=step, train_loss=last_train_loss,
+                       val_loss=val_loss, best_val_loss=state["best_val_loss"],
+                       best_step=state["best_step"], stopped=stopped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up helpers.
+
+def _build_config(config_file: str | None, overrides: dict) -> TrainConfig:
+    """On --resume the run's saved config is the base layer, so `lmtune train --resume --out
+    RUN` needs no other flag; flags given again are then checked against it."""
+    if overrides.get("resume") and overrides.get("out") and not config_file:
+        saved = Path(overrides["out"]) / "config.yaml"
+        if saved.is_file():
+            return config_mod.build(TrainConfig, overrides, str(saved))
+    return config_mod.build(TrainConfig, overrides, config_file)
+
+
+def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> Path:
+    saved = config_mod.build(TrainConfig, {}, str(out / "config.yaml"))
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES:
+            continue
+        old, new = getattr(saved, f.name), getattr(cfg, f.name)
+        if old != new:
+            flag = "--" + f.name.replace("_", "-")
+            raise UserError(f"cannot resume {out}: {flag} changed from {old!r} to {new!r}",
+                            hint=f"resume with the run's own settings (drop {flag}), or start "
+                                 f"a new run with another --out")
+    ckpt = checkpoint.latest(out / "checkpoints")
+    if ckpt is None:
+        raise UserError(f"cannot resume {out}: it has no complete checkpoint",
+                        hint="start it again with --overwrite")
+    checkpoint.verify(ckpt)
+    if checkpoint.read_state(ckpt).get("data_hash") != data_hash:
+        raise UserError(f"cannot resume {out}: the training data changed since the checkpoint",
+                        hint="resume with the same data, or start a new run")
+    return ckpt
+
+
+def _peek_config(resolved, trust_remote_code: bool):
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+
+
+def _config_layers(model_config) -> int:
+    class _Shim:
+        config = model_config
+    try:
+        return num_layers(_Shim)
+    except UserError:
+        return 4
+
+
+def _base_name(spec: str, resolved) -> str:
+    """What lmtune.json records as the base: the default's name, a hub id, or an absolute
+    path for a local folder (so the run still loads from another working directory)."""
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
+
+
+def _load_weights(model, folder: Path) -> None:
+    from safetensors.torch import load_file
+    missing = {n for n, _ in model.named_parameters()}
+    for f in sorted(folder.glob("*.safetensors")):
+        sd = load_file(f)
+        model.load_state_dict(sd, strict=False)
+        missing -= set(sd)
+    tied = {n for n, p in model.named_parameters()
+            if p is model.get_output_embeddings().weight}
+    if missing - tied:
+        raise UserError(f"checkpoint {folder} lacks weights: {sorted(missing - tied)[:3]}")
+
+
+def _accelerator(device: str, precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state; a second train() in the same process (tests, the
+    # Python API in a notebook) may use another precision, so reset it first.
+    AcceleratorState._reset_state()
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
+
+
+def _optimizer(model, cfg, device: str):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # Fused AdamW on CUDA; foreach (a few large kernels instead of one per tensor) elsewhere.
+    kind = {"fused": True} if device == "cuda" else {"foreach": True}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **kind)
+
+
+def _scheduler(optimizer, cfg, total_steps: int):
+    from transformers import get_scheduler
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    return get_scheduler(name[cfg.lr_schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=total_steps)
+
+
+class _StopFlag:
+    """SIGTERM or a first Ctrl-C: finish the step, save, exit. A second Ctrl-C: stop now."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.old: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        self.old = {}
