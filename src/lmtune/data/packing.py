@@ -157,7 +157,7 @@ class PaddedDataset(_Blocks):
         real = col[None, :] < lens[:, None]  # (B, T)
         src = np.where(real, starts[:, None] + col[None, :], 0)
         ids = np.where(real, self.docs.ids[src].astype(np.int64), PAD_ID)
-        targets = real & self.docs.loss_mask[src] 
+        targets = real & self.docs.loss_mask[src] & (col[None, :] > 0)
         labels = np.where(targets, ids, IGNORE)
         # Padding positions simply continue (always < block_size, so within the model's range).
         positions = np.broadcast_to(col, real.shape).astype(np.int64)
