@@ -30,8 +30,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if default not in (None, "", [], False) and tp is not bool:
             help_text += f" (default: {default})"
         # Every flag defaults to SUPPRESS so we can tell what the user typed from what the
-        # config file or the dataclass should decide.
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        # config file or the dataclass should decide. argparse %-formats help ("5% of").
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
         if meta.get("positional"):
             group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kw)
             continue
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "merge":
             return _merge(values, args.config)
         if args.command == "demo":
-            from lmtune.demo import run_demo
-            return run_demo(out=args.out, epochs=args.epochs, model=args.model)
+            return _demo(args)
     except UserError as e:
         _print_error(e)
         return e.exit_code
@@ -141,6 +140,25 @@ def _train(values: dict, config_file: str | None) -> int:
     if result.best_val_loss is not None:
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step}")
     print(f"try it: lmtune generate {result.out} --prompt '...'")
+    return 0
+
+
+def _demo(args) -> int:
+    from lmtune.console import TrainConsole
+    from lmtune.demo import PROMPT, run_demo
+
+    print(f"Fine-tuning {args.model or 'the default model (SmolLM2-135M-Instruct)'} on the "
+          f"jokes that pyjokes ships; prompt: {PROMPT!r}", flush=True)
+    with TrainConsole() as console:
+        result = run_demo(out=args.out, epochs=args.epochs, model=args.model, on_event=console)
+    for title, samples in (("BEFORE fine-tuning", result.before),
+                           ("AFTER fine-tuning", result.after)):
+        stopped = sum(s.finish_reason == "stop" for s in samples)
+        print(f"\n=== {title} ({stopped} of {len(samples)} samples stopped on their own) ===")
+        for s in samples:
+            print(f"- {(s.prompt + s.text).strip()}")
+    print(f"\nrun folder: {result.train.out}  (data: {result.data})")
+    print(f"more: lmtune generate {result.train.out} --prompt {PROMPT!r} -n 8")
     return 0
 
 
