@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Set before torch is imported: tiny models run fastest on one thread, and on a 2-core box
+# shared with another process, torch's default thread pool made a LoRA step 25x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CORPUS_WORDS = ("the cat sat on the mat and a dog ran in the park while birds sang "
                 "quote by ada lovelace engines weave patterns question answer two plus four "
@@ -66,15 +69,53 @@ def tiny_llama(tmp_path_factory) -> Path:
     return _save(LlamaForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture
-def lines_file(tmp_path) -> Path:
-    """Short, learnable, EOS-terminated examples: one per line."""
+def write_lines(path: Path) -> Path:
+    """120 short, learnable lines (six distinct ones); read with split_on="\\n"."""
     import random
     rng = random.Random(0)
     lines = [f"the {a} sat on the {b}" for a in ("cat", "dog", "bird") for b in ("mat", "park")]
-    path = tmp_path / "lines.txt"
     path.write_text("\n".join(rng.choice(lines) for _ in range(120)) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def lines_file(tmp_path) -> Path:
+    """Short, learnable, EOS-terminated examples: one per line."""
+    return write_lines(tmp_path / "lines.txt")
+
+
+@pytest.fixture(scope="session")
+def session_lines(tmp_path_factory) -> Path:
+    """The same lines, for session-scoped runs that several test files share."""
+    return write_lines(tmp_path_factory.mktemp("data") / "lines.txt")
+
+
+# Options every short test run shares: the lines data, small blocks, exact fp32 on the CPU.
+FAST = dict(split_on="\n", block_size=64, precision="fp32", device="cpu", seed=0)
+
+
+@pytest.fixture
+def fast() -> dict:
+    return dict(FAST)
+
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_gpt2, session_lines, tmp_path_factory):
+    """Full fine-tuning until the model has learned the lines and ends them with EOS."""
+    import lmtune
+    return lmtune.train(session_lines, model=str(tiny_gpt2), out=str(
+        tmp_path_factory.mktemp("runs") / "full"), method="full", max_steps=40, lr=3e-3,
+        log_every=5, eval_every=10, sample_every=20, sample_max_new_tokens=16, **FAST)
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_gpt2, session_lines, tmp_path_factory):
+    """A LoRA run with a learning rate high enough that the adapter is far from zero."""
+    import lmtune
+    return lmtune.train(session_lines, model=str(tiny_gpt2), out=str(
+        tmp_path_factory.mktemp("runs") / "lora"), method="lora", max_steps=12, lr=2e-2,
+        log_every=4, eval_every=6, sample_every=6, sample_max_new_tokens=8, **FAST)
 
 
 @pytest.fixture

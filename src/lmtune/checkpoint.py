@@ -121,7 +121,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def prune(ckpt_root: Path, *, keep: int, best_step: int | None) -> None:
     steps = complete_steps(ckpt_root)
-    keepers = set(steps[-keep:]) if keep > 0 else set()
+    # The newest always stays, whatever --keep says: it is what --resume and an interrupted
+    # run's message point at.
+    keepers = set(steps[-max(1, keep):])
     if best_step is not None:
         keepers.add(best_step)
     for s in steps:

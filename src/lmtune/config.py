@@ -118,7 +118,8 @@ class TrainConfig(DataOptions):
                                      group="logging")
     save_every: int | None = opt(None, "Steps between checkpoints (default: with each "
                                  "evaluation); one is always written at the end.", group="output")
-    keep: int = opt(2, "Keep this many newest checkpoints, plus the best by validation loss.",
+    keep: int = opt(2, "Keep this many newest checkpoints (at least the newest one), plus the best by "
+                    "validation loss.",
                     group="output")
     patience: int | None = opt(None, "Stop after this many evaluations without a better "
                                "validation loss.", group="training")

@@ -8,9 +8,11 @@ returns a `TrainResult`; it prints nothing itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
@@ -29,8 +31,8 @@ from lmtune.loss import loss_sum
 from lmtune.methods import apply_method, count_parameters
 from lmtune.models import context_length, load_base, load_tokenizer, num_layers, resolve
 from lmtune.plan import check_numbers, plan_run
-from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out, run_info,
-                         save_artifact)
+from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out,
+                         drop_records_after, run_info, save_artifact)
 from lmtune.runtime import pick_device, pick_precision, set_threads
 
 # Settings that may differ when resuming; any other change is refused by name.
@@ -121,8 +123,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     if start is not None:
         state.update(checkpoint.read_state(start))
         checkpoint.load_optimizer(start, optimizer)
-        for _ in range(state["step"]):
-            scheduler.step()
+        with warnings.catch_warnings():  # torch warns when stepping before optimizer.step()
+            warnings.simplefilter("ignore")
+            for _ in range(state["step"]):  # the schedule is a pure function of the step
+                scheduler.step()
     if state["step"] >= plan.total_steps:
         raise UserError(f"{out} already trained {state['step']} steps",
                         hint="raise --max-steps or --epochs to train further")
@@ -142,20 +146,27 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         if cfg.overwrite and not cfg.resume:
             clear_run(out)
         checkpoint.clean_partial(out / "checkpoints")
+        if start is not None:
+            # After a crash the logs run past the checkpoint; those steps run again.
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                drop_records_after(out / name, state["step"])
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
         info = run_info(cfg, _base_name(cfg.model, resolved))
-        return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
-                    train_set, val_set, state, info, emit, start)
+        stop = _StopFlag()
+        stop.install()
+        try:
+            return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
+                        train_set, val_set, state, info, emit, start, stop)
+        finally:
+            stop.restore()
 
 
 def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, train_set,
-         val_set, state, info, emit, start) -> TrainResult:
+         val_set, state, info, emit, start, stop) -> TrainResult:
     device = accelerator.device
     metrics, samples_log = JsonlWriter(out / "metrics.jsonl"), JsonlWriter(out / "samples.jsonl")
     params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)
-    stop = _StopFlag()
-    stop.install()
 
     def evaluate_now(step: int) -> float | None:
         if val_set is None:
@@ -225,6 +236,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 bad_in_row = 0
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            step_lr = scheduler.get_last_lr()[0]  # the rate this step used; step() moves on
             scheduler.step()
             step += 1
             in_epoch += 1
@@ -239,7 +251,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 last_train_loss = window_loss.item() / window_targets  # host sync: log steps only
                 record = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4),
                           "loss": round(last_train_loss, 6),
-                          "lr": scheduler.get_last_lr()[0], "tokens": state["tokens"],
+                          "lr": step_lr, "tokens": state["tokens"],
                           "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1),
                           "grad_norm": round(float(grad_norm), 4)}
                 metrics.write(record)
@@ -247,6 +259,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 window_loss.zero_()
                 window_targets, window_tokens, window_t0 = 0, 0, time.perf_counter()
             emit("progress", {"step": step, "total": plan.total_steps})
+            side_t0 = time.perf_counter()  # evaluation, samples and saves are not training speed
             if step % cfg.eval_every == 0 or last or stop.signum:
                 val_loss = evaluate_now(step)
                 if val_loss is not None:
@@ -261,8 +274,8 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             if stop.signum or last or step % cfg.save_every == 0 or (
                     cfg.patience and state["bad_evals"] >= cfg.patience):
                 save_now(step)
+            window_t0 += time.perf_counter() - side_t0
             if stop.signum:
-                stop.restore()
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved in "
                                   f"{out / 'checkpoints' / checkpoint.step_name(step)}",
@@ -274,7 +287,6 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 break
         if stopped != "completed":
             break
-    stop.restore()
     final = out / "final"
     save_artifact(final, unwrapped, tokenizer, info)
     emit("end", {"final": str(final), "step": step})
@@ -376,10 +388,20 @@ def _optimizer(model, cfg, device: str):
 
 
 def _scheduler(optimizer, cfg, total_steps: int):
-    from transformers import get_scheduler
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    return get_scheduler(name[cfg.lr_schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
-                         num_training_steps=total_steps)
+    """Linear warmup, then cosine, linear or constant. The factor for step i + 1 (i steps
+    done) ramps as (i + 1) / (warmup + 1), as in nanoGPT: the transformers schedulers start at
+    0, which wasted the first step and left a one-step run's weights untouched."""
+    warmup, kind = cfg.warmup_steps, cfg.lr_schedule
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _StopFlag:
