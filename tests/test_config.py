@@ -18,12 +18,11 @@ from lmtune.errors import UserError
 @pytest.fixture
 def seen(monkeypatch):
     """Run `lmtune train` up to the config: record what train() would train with, then stop."""
-    from lmtune.train import _build_config
-
     got = {}
 
     def fake_train(config=None, *, config_file=None, on_event=None, **overrides):
-        got["cfg"] = _build_config(config_file, overrides)
+        got["cfg"] = config if config is not None else config_mod.build_train(overrides,
+                                                                              config_file)
         raise UserError("stopped by the test")
 
     monkeypatch.setattr(sys.modules["lmtune.train"], "train", fake_train)

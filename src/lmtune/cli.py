@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
 from typing import Any
 
 from lmtune import config as config_mod
-from lmtune.config import GenerateConfig, MergeConfig, TrainConfig
+from lmtune.config import DemoConfig, GenerateConfig, MergeConfig, TrainConfig
 from lmtune.errors import UserError
 
 
@@ -57,6 +58,21 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(*names, dest=f.name, **kw)
 
 
+# Each command: (name, typed config, help, "module:function"). The function takes the parsed
+# config and prints; the work itself is done by library functions that print nothing. A name
+# with a space ("data prepare") becomes a nested command. Handlers import lazily so that
+# `lmtune --help` does not load torch.
+COMMANDS: list[tuple[str, type, str, str]] = [
+    ("train", TrainConfig, "Fine-tune a model on a data file.", "lmtune.cli:run_train"),
+    ("generate", GenerateConfig, "Generate text from a model or run folder.",
+     "lmtune.cli:run_generate_cmd"),
+    ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model.",
+     "lmtune.cli:run_merge"),
+    ("demo", DemoConfig, "Fine-tune the default model on the jokes that pyjokes ships and "
+                         "show samples before and after.", "lmtune.cli:run_demo_cmd"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmtune import __version__
 
@@ -64,23 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lmtune", description="Fine-tune GPT-style language models on your own text.")
     parser.add_argument("--version", action="version", version=f"lmtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = [
-        ("train", TrainConfig, "Fine-tune a model on a data file."),
-        ("generate", GenerateConfig, "Generate text from a model or run folder."),
-        ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model."),
-    ]
-    for name, cls, help_text in commands:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    groups: dict[str, Any] = {}
+    for name, cls, help_text, handler in COMMANDS:
+        parent = sub
+        if " " in name:
+            group, name = name.split(" ", 1)
+            if group not in groups:
+                g = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = g.add_subparsers(dest="subcommand", metavar="COMMAND",
+                                                 required=True)
+            parent = groups[group]
+        p = parent.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", metavar="YAML", default=None,
                        help="Read options from a YAML file; flags given here override it.")
         _add_config_flags(p, cls)
-        p.set_defaults(_cls=cls)
-    demo = sub.add_parser("demo", help="Fine-tune the default model on the jokes that pyjokes "
-                                        "ships and show samples before and after.")
-    demo.add_argument("--out", default=None, help="Run folder (default: runs/demo-<time>).")
-    demo.add_argument("--epochs", type=float, default=3.0, help="Passes over the jokes.")
-    demo.add_argument("--model", default=None, help="Model to fine-tune (default: the "
-                                                    "embedded SmolLM2-135M-Instruct).")
+        p.set_defaults(_cls=cls, _handler=handler)
     return parser
 
 
@@ -104,16 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries()
     values = {k: v for k, v in vars(args).items() if not k.startswith("_")
-              and k not in ("command", "config")}
+              and k not in ("command", "subcommand", "config")}
+    module, func = args._handler.split(":")
     try:
-        if args.command == "train":
-            return _train(values, args.config)
-        if args.command == "generate":
-            return _generate(values, args.config)
-        if args.command == "merge":
-            return _merge(values, args.config)
-        if args.command == "demo":
-            return _demo(args)
+        builder = config_mod.BUILDERS.get(args._cls)
+        cfg = (builder(values, args.config) if builder
+               else config_mod.build(args._cls, values, args.config))
+        return getattr(importlib.import_module(module), func)(cfg) or 0
     except UserError as e:
         _print_error(e)
         return e.exit_code
@@ -121,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; no checkpoint was written for the current step",
               file=sys.stderr)
         return 130
-    return 2
 
 
 def _print_error(e: UserError) -> None:
@@ -130,12 +140,12 @@ def _print_error(e: UserError) -> None:
         print(f"hint: {e.hint}", file=sys.stderr)
 
 
-def _train(values: dict, config_file: str | None) -> int:
+def run_train(cfg: TrainConfig) -> int:
     from lmtune.console import TrainConsole
     from lmtune.train import train
 
     with TrainConsole() as console:
-        result = train(config_file=config_file, on_event=console, **values)
+        result = train(cfg, on_event=console)
     print(f"final model: {result.final}")
     if result.best_val_loss is not None:
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step}")
@@ -143,7 +153,7 @@ def _train(values: dict, config_file: str | None) -> int:
     return 0
 
 
-def _demo(args) -> int:
+def run_demo_cmd(args: DemoConfig) -> int:
     from lmtune.console import TrainConsole
     from lmtune.demo import PROMPT, run_demo
 
@@ -162,10 +172,9 @@ def _demo(args) -> int:
     return 0
 
 
-def _generate(values: dict, config_file: str | None) -> int:
+def run_generate_cmd(cfg: GenerateConfig) -> int:
     from lmtune.api import load, run_generate
 
-    cfg = config_mod.build(GenerateConfig, values, config_file)
     model, tokenizer = load(cfg.model, device=cfg.device, precision="fp32",
                             trust_remote_code=cfg.trust_remote_code)
     samples = run_generate(cfg, model, tokenizer)
@@ -179,10 +188,9 @@ def _generate(values: dict, config_file: str | None) -> int:
     return 0
 
 
-def _merge(values: dict, config_file: str | None) -> int:
+def run_merge(cfg: MergeConfig) -> int:
     from lmtune.merge import merge
 
-    cfg = config_mod.build(MergeConfig, values, config_file)
     if not cfg.run or not cfg.out:
         raise UserError("merge needs a run folder and --out", hint="lmtune merge RUN --out DIR")
     result = merge(cfg.run, cfg.out, trust_remote_code=cfg.trust_remote_code)

@@ -159,6 +159,14 @@ class MergeConfig:
     trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
 
 
+@dataclass
+class DemoConfig:
+    out: str | None = opt(None, "Run folder (default: runs/pyjokes-en-<time>).")
+    epochs: float = opt(3.0, "Passes over the jokes.")
+    model: str | None = opt(None, "Model to fine-tune (default: the embedded "
+                            "SmolLM2-135M-Instruct).")
+
+
 # ---------------------------------------------------------------------------------------------
 # Building configs from YAML files and overrides, with one-line errors for every mistake.
 
@@ -240,3 +248,16 @@ def build(cls: type, overrides: dict[str, Any], config_file: str | None = None):
 
 def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def build_train(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """On --resume the run's saved config is the base layer, so `lmtune train --resume --out
+    RUN` needs no other flag; flags given again are then checked against it by train()."""
+    if overrides.get("resume") and overrides.get("out") and not config_file:
+        saved = Path(overrides["out"]) / "config.yaml"
+        if saved.is_file():
+            return build(TrainConfig, overrides, str(saved))
+    return build(TrainConfig, overrides, config_file)
+
+
+BUILDERS = {TrainConfig: build_train}

@@ -68,7 +68,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     (`train("jokes.txt", method="lora", epochs=2)`), optionally over a YAML `config_file`."""
     emit = on_event or _emit_nothing
     if config is None:
-        config = _build_config(config_file, overrides)
+        config = config_mod.build_train(overrides, config_file)
     cfg = config
     problems = check_numbers(cfg)
     if problems:
@@ -297,16 +297,6 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
 
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers.
-
-def _build_config(config_file: str | None, overrides: dict) -> TrainConfig:
-    """On --resume the run's saved config is the base layer, so `lmtune train --resume --out
-    RUN` needs no other flag; flags given again are then checked against it."""
-    if overrides.get("resume") and overrides.get("out") and not config_file:
-        saved = Path(overrides["out"]) / "config.yaml"
-        if saved.is_file():
-            return config_mod.build(TrainConfig, overrides, str(saved))
-    return config_mod.build(TrainConfig, overrides, config_file)
-
 
 def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> Path:
     saved = config_mod.build(TrainConfig, {}, str(out / "config.yaml"))
