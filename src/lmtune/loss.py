@@ -10,8 +10,14 @@ for 8 x 1024. Flash-attention kernels take the position ids instead and need no 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
+
+from lmtune.chunked_ce import linear_cross_entropy_sum, supports_chunked_loss
+
+_CHUNKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -42,12 +48,27 @@ def model_inputs(model, batch, device) -> dict:
     return inputs
 
 
-def loss_sum(model, batch, device) -> torch.Tensor:
+def _chunked_ok(model) -> bool:
+    inner = getattr(model, "module", model)  # DDP/FSDP wrappers keep the model in .module
+    if inner not in _CHUNKED:
+        _CHUNKED[inner] = supports_chunked_loss(inner)
+    return _CHUNKED[inner]
+
+
+def loss_sum(model, batch, device, chunked: bool = True) -> torch.Tensor:
     """Sum (not mean) of the token losses, so gradient accumulation can divide by the exact
     number of target tokens in the whole optimizer step."""
-    logits = model(**model_inputs(model, batch, device)).logits  # (B, T, V)
     labels = batch.labels.to(device, non_blocking=True)
     # Position t predicts token t+1: the label of a document's first token is -100, so the
     # last token of one document never learns to predict the start of the next.
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+    targets = labels[:, 1:].flatten()
+    inputs = model_inputs(model, batch, device)
+    if chunked and _chunked_ok(model):
+        # logits_to_keep=1: the model computes one position's logits instead of all of them
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1][:, :-1].flatten(0, 1)  # (B*(T-1), H), after final norm
+        head = getattr(model, "module", model).get_output_embeddings()
+        return linear_cross_entropy_sum(hidden, head.weight, targets)
+    logits = model(**inputs).logits  # (B, T, V)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets,
                            ignore_index=-100, reduction="sum")

@@ -1,0 +1,59 @@
+"""The chunked LM-head loss is an optimisation only: same loss and same gradients as the
+plain full-logits path, for tied (GPT-2) and untied (Llama) heads, full and LoRA."""
+
+import pytest
+import torch
+
+from lmtune import chunked_ce
+from lmtune.data import PackedDataset, tokenize_examples, Example
+from lmtune.loss import loss_sum
+from lmtune.methods import apply_lora
+from lmtune.models import Resolved, load_base, load_tokenizer
+
+
+def _batch(folder):
+    tok = load_tokenizer(Resolved(str(folder), str(folder)))
+    docs = tokenize_examples([Example("", t) for t in (
+        "the cat sat on the mat", "a dog ran in the park while birds sang",
+        "question answer two plus four")] * 3, tok)
+    return next(PackedDataset(docs, 32, shuffle=False).batches(0, 4))
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_chunked_loss_and_grads_equal_plain(fixture, lora, request, monkeypatch):
+    folder = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    model = load_base(Resolved(str(folder), str(folder)))
+    if lora:
+        model = apply_lora(model, r=4, alpha=8, dropout=0.0, targets=None)
+        # LoRA B starts at zero; move it so the adapter's gradients are not trivially equal
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.02)
+    model.train()
+    batch = _batch(folder)
+    monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", 7)  # several chunks and a ragged last one
+    results = []
+    for chunked in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)  # GPT-2 has dropout on: both passes draw the same masks
+        loss = loss_sum(model, batch, "cpu", chunked=chunked)
+        loss.backward()
+        results.append((loss.item(), _grads(model)))
+    (plain, g_plain), (fast, g_fast) = results
+    assert fast == pytest.approx(plain, rel=1e-5)
+    assert g_plain.keys() == g_fast.keys() and g_plain
+    for name in g_plain:
+        torch.testing.assert_close(g_fast[name], g_plain[name], rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_path_is_used_for_plain_heads(tiny_gpt2):
+    model = load_base(Resolved(str(tiny_gpt2), str(tiny_gpt2)))
+    assert chunked_ce.supports_chunked_loss(model)
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+    assert not chunked_ce.supports_chunked_loss(model)  # a head bias takes the plain path
