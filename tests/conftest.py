@@ -126,3 +126,15 @@ def quotes_file(tmp_path) -> Path:
     path = tmp_path / "quotes.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache_in_tmp(tmp_path_factory):
+    """Tokenized corpora go to a per-session folder, not the user's cache."""
+    from lmtune.data import cache
+
+    original = cache.cache_root
+    folder = tmp_path_factory.mktemp("token-cache")
+    cache.cache_root = lambda: folder
+    yield folder
+    cache.cache_root = original

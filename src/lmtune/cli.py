@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from lmtune import config as config_mod
-from lmtune.config import DemoConfig, GenerateConfig, MergeConfig, TrainConfig
+from lmtune.config import (DemoConfig, GenerateConfig, MergeConfig, PredictConfig,
+                           PrepareConfig, ServeConfig, TrainConfig)
 from lmtune.errors import UserError
 
 
@@ -34,7 +35,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         # config file or the dataclass should decide. argparse %-formats help ("5% of").
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
         if meta.get("positional"):
-            group.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kw)
+            group.add_argument(f.name, nargs="*" if tp is list else "?",
+                               metavar=f.name.upper(), **kw)
             continue
         names = ["--" + f.name.replace("_", "-")]
         if meta.get("alias"):
@@ -47,10 +49,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                                    help=f"Turn off {names[-1]}.")
             continue
         if tp is list:
-            kw.update(action="append" if f.name in ("prompts", "sample_prompts", "stop")
-                      else "extend", nargs=None if f.name in ("prompts", "sample_prompts",
-                                                               "stop") else "+")
-            kw["metavar"] = "TEXT" if f.name in ("prompts", "sample_prompts", "stop") else "NAME"
+            # One value per flag for free text and NAME=PATH pairs, so that in
+            # `lmtune serve --name a=RUN_A RUN_B` the positional RUN_B is not taken as a name.
+            once = f.name in ("prompts", "sample_prompts", "stop", "names", "texts")
+            kw.update(action="append" if once else "extend", nargs=None if once else "+")
+            kw["metavar"] = {"names": "NAME=PATH"}.get(f.name, "TEXT" if once else "NAME")
         else:
             kw["type"] = tp
             if meta.get("choices"):
@@ -68,8 +71,29 @@ COMMANDS: list[tuple[str, type, str, str]] = [
      "lmtune.cli:run_generate_cmd"),
     ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model.",
      "lmtune.cli:run_merge"),
+    ("data prepare", PrepareConfig, "Tokenize a corpus once into the token cache that train "
+                                    "reads (memory-mapped, keyed by content and tokenizer).",
+     "lmtune.cli_prepare:run_prepare"),
     ("demo", DemoConfig, "Fine-tune the default model on the jokes that pyjokes ships and "
                          "show samples before and after.", "lmtune.cli:run_demo_cmd"),
+    ("serve", ServeConfig, "Serve models and runs over an OpenAI-compatible HTTP API.",
+     "lmtune.cli_serve:run_serve"),
+    ("predict", PredictConfig, "Label texts with a classification run (lmtune train "
+                               "--task classify).", "lmtune.cli_classify:run_predict"),
+    ("eval", config_mod.EvalConfig, "Loss and perplexity of a model or run on a data file "
+                                    "(accuracy and F1 for a classification run).",
+     "lmtune.cli_analysis:run_eval"),
+    ("compare", config_mod.CompareConfig, "A base and a fine-tuned model side by side: samples "
+                                          "with the same seed, perplexity on --data and "
+                                          "--reference.", "lmtune.cli_analysis:run_compare"),
+    ("diff", config_mod.DiffConfig, "How much fine-tuning changed each weight tensor and block "
+                                    "(LoRA included, without merging).",
+     "lmtune.cli_analysis:run_diff"),
+    ("report", config_mod.ReportConfig, "Write loss.png and a self-contained report.html for a "
+                                        "run.", "lmtune.cli_analysis:run_report"),
+    ("data inspect", config_mod.InspectConfig, "What a data file becomes for a model: counts, "
+                                               "lengths, padding waste, duplicates, warnings.",
+     "lmtune.cli_analysis:run_inspect"),
 ]
 
 
@@ -99,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TOKENIZERS_PARALLELISM stays as it is: "false" would stop the Rust tokenizer from
+    # spreading a batch over the cores, and lmtune does not fork after tokenizing.
     import warnings
     warnings.filterwarnings("ignore")
     try:
@@ -146,7 +171,15 @@ def run_train(cfg: TrainConfig) -> int:
 
     with TrainConsole() as console:
         result = train(cfg, on_event=console)
+    if cfg.dry_run:
+        from lmtune.cli_analysis import print_dry_run
+        return print_dry_run(result)
     print(f"final model: {result.final}")
+    if (result.out / "report.html").is_file():
+        print(f"report: {result.out / 'report.html'}")
+    if result.task == "classify":
+        from lmtune.cli_classify import print_train_end
+        return print_train_end(result)
     if result.best_val_loss is not None:
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step}")
     print(f"try it: lmtune generate {result.out} --prompt '...'")
@@ -177,14 +210,19 @@ def run_generate_cmd(cfg: GenerateConfig) -> int:
 
     model, tokenizer = load(cfg.model, device=cfg.device, precision="fp32",
                             trust_remote_code=cfg.trust_remote_code)
+    from lmtune.cli_analysis import memorization_index, memorization_line
+    copies = memorization_index(cfg, tokenizer)  # --check-memorization DATA, read up front
     samples = run_generate(cfg, model, tokenizer)
     for i, s in enumerate(samples):
+        check = copies.check(s.prompt, s.text).to_dict() if copies else {}
         if cfg.json:
-            print(json.dumps(s.to_dict(), ensure_ascii=False))
+            print(json.dumps({**s.to_dict(), **check}, ensure_ascii=False))
         else:
             if i:
                 print("-" * 40)
             print(s.prompt + s.text)
+            if check:
+                print(memorization_line(check))
     return 0
 
 

@@ -48,10 +48,16 @@ class TrainConsole:
                  f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
                  f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
         per_step = d["tokens_per_step"]
-        self.say(f"plan: {per_step} tokens per step (batch {d['batch_size']} x block "
-                 f"{d['block_size']} x accumulation {d['grad_accum']}), "
-                 f"{d['steps_per_epoch']} steps per epoch, {d['total_steps']} steps, lr {d['lr']}")
-        if d["train_tokens"] < per_step:
+        if d.get("task") == "classify":
+            self.say(f"plan: {d['batch_size']} texts per batch (cut at {d['block_size']} tokens) "
+                     f"x accumulation {d['grad_accum']}, {d['steps_per_epoch']} steps per epoch, "
+                     f"{d['total_steps']} steps, lr {d['lr']}")
+        else:
+            self.say(f"plan: {per_step} tokens per step (batch {d['batch_size']} x block "
+                     f"{d['block_size']} x accumulation {d['grad_accum']}), "
+                     f"{d['steps_per_epoch']} steps per epoch, {d['total_steps']} steps, "
+                     f"lr {d['lr']}")
+        if d["train_tokens"] < per_step and d.get("task") != "classify":
             self.say(f"note: the training data ({d['train_tokens']} tokens) is smaller than one "
                      f"step; every step sees all of it")
         if d["start_step"]:
@@ -73,6 +79,11 @@ class TrainConsole:
 
     def on_eval(self, d: dict) -> None:
         self.postfix["val_loss"] = f"{d['val_loss']:.4f}"
+        if "macro_f1" in d:  # --task classify
+            self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f}, accuracy "
+                     f"{d['accuracy']:.3f}, macro F1 {d['macro_f1']:.3f} (precision "
+                     f"{d['macro_precision']:.3f}, recall {d['macro_recall']:.3f})")
+            return
         self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f} "
                  f"(perplexity {d['val_ppl']:.2f})")
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.data import (Example, PackedDataset, PaddedDataset, TokenizedDocs,
-                         build_examples_with_stats, read_records, split_examples,
-                         tokenize_examples)
+                         build_examples_with_stats, read_records, split_indices)
 from lmtune.errors import UserError
-
-
-@dataclass
-class Splits:
-    train: list[Example]
-    val: list[Example]
-    stats: dict
 
 
 def read_examples(path: str, opts) -> tuple[list[Example], dict]:
@@ -30,34 +21,36 @@ def read_examples(path: str, opts) -> tuple[list[Example], dict]:
         prompt_template=opts.prompt_template, completion_template=opts.completion_template)
 
 
-def load_splits(cfg) -> Splits:
-    examples, stats = read_examples(cfg.data, cfg)
+@dataclass
+class TokenSplits:
+    train: TokenizedDocs
+    val: TokenizedDocs | None
+    stats: dict
+    key: str  # identifies data content, data options, tokenizer and split: for resume checks
+
+
+def token_splits(cfg, tokenizer) -> TokenSplits:
+    """Training and validation documents from the token cache (`lmtune data prepare`): the
+    corpus is tokenized once, and the split selects documents by index (the same split that
+    `split_examples` makes of the examples), so no token is copied."""
+    from lmtune.data.cache import prepare
+
+    if not cfg.data:
+        raise UserError("no data file given", hint="lmtune train DATA (a .txt, .csv, .json, "
+                                                   ".jsonl or .parquet file, or a folder)")
+    corpus = prepare(cfg.data, cfg, tokenizer)
     if cfg.val_data:
-        val, _ = read_examples(cfg.val_data, cfg)
-        return Splits(examples, val, stats)
-    train, val = split_examples(examples, cfg.val_split, cfg.seed)
-    return Splits(train, val, stats)
+        val = prepare(cfg.val_data, cfg, tokenizer)
+        return TokenSplits(corpus.docs, val.docs, corpus.stats, f"{corpus.key}+{val.key}")
+    train_idx, val_idx = split_indices(len(corpus.docs), cfg.val_split, cfg.seed)
+    return TokenSplits(corpus.docs.subset(train_idx),
+                       corpus.docs.subset(val_idx) if len(val_idx) else None, corpus.stats,
+                       f"{corpus.key}/{cfg.val_split}/{cfg.seed}")
 
 
 def make_dataset(docs: TokenizedDocs, block_size: int, *, pack: bool, shuffle: bool, seed: int):
     cls = PackedDataset if pack else PaddedDataset
     return cls(docs, block_size, shuffle=shuffle, seed=seed)
-
-
-def docs_hash(*docs: TokenizedDocs) -> str:
-    """Identifies the training data by content (after tokenization), for resume checks."""
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(d.ids.tobytes())
-        h.update(d.offsets.tobytes())
-        h.update(d.loss_mask.tobytes())
-    return h.hexdigest()[:16]
-
-
-def tokenize_splits(splits: Splits, tokenizer) -> tuple[TokenizedDocs, TokenizedDocs | None]:
-    train = tokenize_examples(splits.train, tokenizer)
-    val = tokenize_examples(splits.val, tokenizer) if splits.val else None
-    return train, val
 
 
 def data_name(path: str) -> str:

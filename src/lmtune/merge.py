@@ -12,7 +12,7 @@ import torch
 
 from lmtune.errors import UserError
 from lmtune.generate import encode_prompt
-from lmtune.models import RUN_FILE, load_base, load_tokenizer, resolve
+from lmtune.models import RUN_FILE, load_base, load_tokenizer, refuse_classifier, resolve
 
 MAX_LOGIT_DIFF = 1e-3
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
@@ -29,6 +29,7 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False) -> MergeResult
     from peft import PeftModel
 
     resolved = resolve(run)
+    refuse_classifier(resolved)  # its adapter sits on a classification head, not this LM
     if resolved.adapter is None:
         raise UserError(f"{run} holds a full model, not a LoRA adapter; there is nothing to "
                         f"merge", hint="use it directly with --model")

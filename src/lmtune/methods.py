@@ -33,14 +33,19 @@ def default_lora_targets(model_type: str) -> list[str] | str:
     return "all-linear"  # PEFT picks every linear layer except the output head
 
 
-def apply_lora(model, *, r: int, alpha: int, dropout: float, targets: list[str] | None):
+def apply_lora(model, *, r: int, alpha: int, dropout: float, targets: list[str] | None,
+               classify: bool = False):
+    """With `classify`, the label head is new (randomly initialised), so it trains whole:
+    PEFT's `modules_to_save` keeps a trainable copy and saves it with the adapter."""
     from peft import LoraConfig, get_peft_model
 
     model_type = model.config.model_type
     target_modules = targets or default_lora_targets(model_type)
+    extra = (dict(task_type="SEQ_CLS", modules_to_save=[classifier_head_name(model)])
+             if classify else dict(task_type="CAUSAL_LM"))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules=target_modules, task_type="CAUSAL_LM",
-                        fan_in_fan_out=model_type in FAN_IN_FAN_OUT)
+                        target_modules=target_modules,
+                        fan_in_fan_out=model_type in FAN_IN_FAN_OUT, **extra)
     try:
         return get_peft_model(model, config)
     except ValueError as e:
@@ -84,8 +89,21 @@ def apply_freeze(model, train_layers: int):
         norm.requires_grad_(True)
     # The LM head is often tied to the input embeddings (GPT-2, SmolLM2): training it trains
     # that shared matrix too, which is what the head-and-top-blocks recipe does anyway.
-    model.get_output_embeddings().requires_grad_(True)
+    # A classifier has no LM head; its label head trains instead.
+    head = model.get_output_embeddings()
+    if head is None:
+        head = getattr(model, classifier_head_name(model))
+    head.requires_grad_(True)
     return model
+
+
+def classifier_head_name(model) -> str:
+    """The label head of an AutoModelForSequenceClassification: `score` in the decoder
+    families (GPT-2, GPT-Neo, GPT-J, NeoX, Llama-family), `classifier` in a few others."""
+    for name in ("score", "classifier"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise UserError(f"cannot find the classification head of {model.config.model_type}")
 
 
 def apply_method(model, cfg):
@@ -95,7 +113,18 @@ def apply_method(model, cfg):
     if cfg.method == "freeze":
         return apply_freeze(model, cfg.train_layers)
     return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                      targets=cfg.lora_targets)
+                      targets=cfg.lora_targets, classify=cfg.task == "classify")
+
+
+def store_frozen_in(model, dtype: torch.dtype) -> None:
+    """Keep the frozen weights in the autocast dtype. Under bf16 autocast every linear layer
+    otherwise copies its fp32 weight to bf16 on each forward and backward (a fifth of a
+    SmolLM2 LoRA step on CPU went to those copies), and the base takes half the memory.
+    Trainable weights stay fp32: they are the optimizer's master copy. Only for LoRA, whose
+    saved artifact holds just the adapter, so no frozen weight is ever written rounded."""
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(dtype)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -105,6 +105,19 @@ def read_run_info(folder: Path) -> dict | None:
         raise UserError(f"{f} is not valid JSON; the run folder is damaged")
 
 
+def is_classifier(resolved: "Resolved") -> bool:
+    return (resolved.info or {}).get("task") == "classify"
+
+
+def refuse_classifier(resolved: "Resolved") -> None:
+    """A classification run has a label head instead of a language-model head: it can
+    predict labels (`lmtune predict`), not generate or be trained on further."""
+    if is_classifier(resolved):
+        raise UserError(f"{resolved.spec} is a text classifier (trained with --task classify), "
+                        f"not a language model",
+                        hint=f"use it with: lmtune predict {resolved.spec} --text '...'")
+
+
 def artifact_folder(folder: Path) -> Path:
     """A run folder means its final/ model; a checkpoint means its model/ folder."""
     if (folder / "final").is_dir():
@@ -211,30 +224,35 @@ def load_tokenizer(resolved: Resolved, trust_remote_code: bool = False):
 
 
 def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False,
-              attn_implementation: str | None = "sdpa"):
-    """The model at `resolved.path` (without any adapter)."""
+              attn_implementation: str | None = "sdpa", auto_class=None, **config_overrides):
+    """The model at `resolved.path` (without any adapter), as `auto_class` (default
+    AutoModelForCausalLM; classification passes AutoModelForSequenceClassification with
+    num_labels, id2label, label2id and pad_token_id as `config_overrides`)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    auto_class = auto_class or AutoModelForCausalLM
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     if getattr(config, "auto_map", None) and not trust_remote_code:
         raise UserError(f"model {resolved.spec} asks to run code from its repository",
                         hint="pass --trust-remote-code if you trust its author")
-    kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
+                  **config_overrides)
     try:
-        return AutoModelForCausalLM.from_pretrained(resolved.path, attn_implementation=
-                                                    attn_implementation, **kwargs)
+        return auto_class.from_pretrained(resolved.path, attn_implementation=
+                                          attn_implementation, **kwargs)
     except (ValueError, ImportError) as e:
         if "attn" not in str(e).lower() and "sdpa" not in str(e).lower():
             raise
         # Architectures without SDPA support (older GPT-Neo code paths) fall back to eager.
-        return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        return auto_class.from_pretrained(resolved.path, **kwargs)
 
 
 def load(spec: str | None = None, *, dtype=None, trust_remote_code: bool = False,
          merge: bool = False):
     """Model (with its adapter applied, if any) and tokenizer, ready for inference."""
     resolved = resolve(spec)
+    refuse_classifier(resolved)
     tok = load_tokenizer(resolved, trust_remote_code)
     model = load_base(resolved, dtype=dtype, trust_remote_code=trust_remote_code)
     if resolved.adapter is not None:

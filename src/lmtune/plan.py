@@ -18,6 +18,7 @@ TARGET_STEPS_PER_EPOCH = 48
 MIN_TOKENS_PER_STEP = 256
 MAX_TOKENS_PER_STEP = 8192
 MAX_BLOCK = 1024
+CLASSIFY_MAX_LENGTH = 512  # texts to classify are mostly short; attention cost grows as T^2
 DEFAULT_LR = {"lora": 1e-3, "full": 5e-5, "freeze": 1e-4}
 
 
@@ -56,7 +57,38 @@ def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: 
     micro_per_epoch = math.ceil(n_blocks / batch)
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    updates = dict(block_size=block, batch_size=batch)
+    cfg = fill_schedule(cfg, total, n_layers, block_size=block, batch_size=batch)
+    return cfg, Plan(block_size=block, batch_size=batch, steps_per_epoch=steps_per_epoch,
+                     total_steps=total, tokens_per_step=block * batch * cfg.grad_accum)
+
+
+def plan_classify(cfg, *, lengths, context: int, n_layers: int):
+    """The same for --task classify, where a row is one text (never packed): texts are cut at
+    `block_size` tokens (default: CLASSIFY_MAX_LENGTH or the model's context; the cut applies
+    to predictions too, so it is not the longest training text) and a batch holds about
+    n / TARGET_STEPS_PER_EPOCH texts, within [4, 32] and MAX_TOKENS_PER_STEP."""
+    if cfg.block_size is not None and cfg.block_size > context:
+        raise UserError(f"--block-size {cfg.block_size} is above the model's context of "
+                        f"{context} tokens", hint=f"use --block-size {context} or less")
+    if cfg.block_size is not None and cfg.block_size < 2:
+        raise UserError("--block-size must be at least 2 (the start token and one of the text)")
+    max_length = cfg.block_size or min(CLASSIFY_MAX_LENGTH, context)
+    # Batches are padded to their longest text, so the data, not the cut, sizes a step.
+    by_tokens = max(1, MAX_TOKENS_PER_STEP // min(max_length, int(max(lengths))))
+    batch = cfg.batch_size or min(by_tokens, max(4, min(32, _pow2_floor(
+        len(lengths) / TARGET_STEPS_PER_EPOCH))))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(lengths) / batch) / cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    cfg = fill_schedule(dataclasses.replace(cfg, sample_every=0), total, n_layers,
+                        block_size=max_length, batch_size=batch)
+    return cfg, Plan(block_size=max_length, batch_size=batch, steps_per_epoch=steps_per_epoch,
+                     total_steps=total, tokens_per_step=min(max_length, int(max(lengths)))
+                     * batch * cfg.grad_accum)
+
+
+def fill_schedule(cfg, total: int, n_layers: int, **updates):
+    """The defaults every task shares once the step count is known: learning rate, warmup,
+    evaluation, checkpoint and sample intervals, freeze depth."""
     if cfg.lr is None:
         updates["lr"] = DEFAULT_LR[cfg.method]
     if cfg.warmup_steps is None:
@@ -70,9 +102,7 @@ def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: 
         updates["sample_every"] = every
     if cfg.method == "freeze" and cfg.train_layers is None:
         updates["train_layers"] = max(1, n_layers // 4)
-    cfg = dataclasses.replace(cfg, **updates)
-    return cfg, Plan(block_size=block, batch_size=batch, steps_per_epoch=steps_per_epoch,
-                     total_steps=total, tokens_per_step=block * batch * cfg.grad_accum)
+    return dataclasses.replace(cfg, **updates)
 
 
 def check_numbers(cfg) -> list[str]:

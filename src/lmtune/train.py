@@ -23,22 +23,24 @@ import torch
 
 from lmtune import checkpoint, config as config_mod
 from lmtune.config import TrainConfig
-from lmtune.corpus import (data_name, docs_hash, load_splits, make_dataset, tokenize_splits)
 from lmtune.errors import UserError
-from lmtune.evaluate import mean_loss, perplexity
+from lmtune.flops import flops_per_token, peak_flops
 from lmtune.generate import generate
-from lmtune.loss import loss_sum
-from lmtune.methods import apply_method, count_parameters
-from lmtune.models import context_length, load_base, load_tokenizer, num_layers, resolve
-from lmtune.plan import check_numbers, plan_run
+from lmtune.memorization import LazyIndex, copy_summary
+from lmtune.methods import apply_method, count_parameters, store_frozen_in
+from lmtune.models import context_length, load_tokenizer, num_layers, resolve
+from lmtune.plan import check_numbers
+from lmtune.report import report_at_end
 from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out,
                          drop_records_after, run_info, save_artifact)
-from lmtune.runtime import pick_device, pick_precision, set_threads
+from lmtune.runtime import pick_device, pick_precision, set_threads, torch_dtype
+from lmtune.tasks import task_for
 
 # Settings that may differ when resuming; any other change is refused by name.
 RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
                      "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
-                     "keep", "patience", "device", "out", "data", "val_data"}
+                     "keep", "patience", "device", "out", "data", "val_data", "report",
+                     "dry_run"}
 MAX_BAD_STEPS = 5
 
 
@@ -53,9 +55,13 @@ class TrainResult:
     steps: int
     train_loss: float | None
     val_loss: float | None
-    best_val_loss: float | None
+    best_val_loss: float | None  # --task generate; None for classify
     best_step: int | None
     stopped: str  # "completed", "patience"
+    task: str = "generate"
+    best_metric: str = "val_loss"  # what picked the best checkpoint: val_loss or macro_f1
+    best_score: float | None = None  # its value at best_step
+    metrics: dict | None = None  # the last evaluation record (classify: accuracy, macro_f1...)
 
 
 def _emit_nothing(event: str, data: dict) -> None:
@@ -70,7 +76,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     if config is None:
         config = config_mod.build_train(overrides, config_file)
     cfg = config
-    problems = check_numbers(cfg)
+    task = task_for(cfg)
+    problems = check_numbers(cfg) + task.check(cfg)
     if problems:
         raise UserError("; ".join(problems))
     out = Path(cfg.out) if cfg.out else default_out(cfg.data)
@@ -83,30 +90,23 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
                         hint=f"merge it first (lmtune merge {cfg.model} --out DIR) and train "
                              f"from the merged folder")
 
-    # --- data: read and tokenize everything before the model loads or anything is written
-    splits = load_splits(cfg)
+    # --- data: read and tokenize everything before the model loads or anything is written;
+    # the task makes the batches and the step plan (tasks.py: generate; classify.py)
     tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
-    train_docs, val_docs = tokenize_splits(splits, tokenizer)
     model_config = _peek_config(resolved, cfg.trust_remote_code)
-    cfg, plan = plan_run(
-        cfg, n_train_tokens=train_docs.n_tokens, context=context_length(model_config),
-        n_layers=_config_layers(model_config),
-        n_blocks_for=lambda bs: make_dataset(train_docs, bs, pack=cfg.pack, shuffle=False,
-                                             seed=0).num_blocks())
+    data = task.prepare(cfg, tokenizer, context=context_length(model_config),
+                        n_layers=_config_layers(model_config))
+    cfg, plan, train_set, val_set = data.cfg, data.plan, data.train_set, data.val_set
     cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
-    data_hash = docs_hash(train_docs, *([val_docs] if val_docs else []))
+    data_hash = data.data_hash
     start = _read_resume_state(out, cfg, data_hash) if cfg.resume else None
-    train_set = make_dataset(train_docs, plan.block_size, pack=cfg.pack, shuffle=True,
-                             seed=cfg.seed)
-    val_set = (make_dataset(val_docs, plan.block_size, pack=cfg.pack, shuffle=False, seed=0)
-               if val_docs else None)
 
     # --- model, method, precision
     set_threads()
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
-    model = load_base(resolved, trust_remote_code=cfg.trust_remote_code)
+    model = task.load_model(resolved, cfg, tokenizer)
     if start is not None and cfg.method != "lora":
         _load_weights(model, start / "model")
     model = apply_method(model, cfg)
@@ -115,12 +115,16 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         from safetensors.torch import load_file
         set_peft_model_state_dict(model, load_file(start / "model" / "adapter_model.safetensors"))
     model.config.use_cache = False
+    if cfg.method == "lora" and precision in ("bf16", "fp16"):
+        store_frozen_in(model, torch_dtype(precision))
     trainable, total = count_parameters(model)
     accelerator = _accelerator(device, precision)
     optimizer = _optimizer(model, cfg, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = _scheduler(optimizer, cfg, plan.total_steps)
-    state = {"step": 0, "tokens": 0, "best_val_loss": None, "best_step": None,
+    # best_score is the task's best_metric (val_loss for generate, macro_f1 for classify) at
+    # best_step; best_rank is what picked that step (task.rank: lower is better).
+    state = {"step": 0, "tokens": 0, "best_score": None, "best_rank": None, "best_step": None,
              "bad_evals": 0, "skipped_steps": 0, "data_hash": data_hash}
     if start is not None:
         state.update(checkpoint.read_state(start))
@@ -135,12 +139,17 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
 
     emit("start", {"out": str(out), "model": cfg.model, "method": cfg.method,
                    "trainable": trainable, "total": total, "device": device,
-                   "precision": precision, "train_examples": len(splits.train),
-                   "val_examples": len(splits.val), "train_tokens": train_docs.n_tokens,
+                   "precision": precision, **data.summary, "task": task.name,
                    "block_size": plan.block_size, "batch_size": plan.batch_size,
                    "grad_accum": cfg.grad_accum, "tokens_per_step": plan.tokens_per_step,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-                   "start_step": state["step"], "lr": cfg.lr, "stats": splits.stats})
+                   "start_step": state["step"], "lr": cfg.lr})
+    for text in data.messages:
+        emit("message", {"text": text})
+    if cfg.dry_run:  # the plan above, a data report and a few timed steps; nothing is written
+        from lmtune.dryrun import dry_run
+        return dry_run(cfg, plan, model, optimizer, accelerator, train_set, val_set, tokenizer,
+                       precision, task)
 
     # --- the run folder: created only now that every input has been checked
     out.mkdir(parents=True, exist_ok=True)
@@ -153,32 +162,37 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             for name in ("metrics.jsonl", "samples.jsonl"):
                 drop_records_after(out / name, state["step"])
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
-        info = run_info(cfg, _base_name(cfg.model, resolved))
+        info = {**run_info(cfg, _base_name(cfg.model, resolved)), **task.info()}
         stop = _StopFlag()
         stop.install()
         try:
             return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
-                        train_set, val_set, state, info, emit, start, stop)
+                        train_set, val_set, state, info, emit, start, stop, task)
         finally:
             stop.restore()
 
 
 def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, train_set,
-         val_set, state, info, emit, start, stop) -> TrainResult:
+         val_set, state, info, emit, start, stop, task) -> TrainResult:
     device = accelerator.device
     metrics, samples_log = JsonlWriter(out / "metrics.jsonl"), JsonlWriter(out / "samples.jsonl")
     params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)
+    precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+    peak = peak_flops(device.type, precision)
+    n_trainable, n_params = count_parameters(unwrapped)
+    flops_tok = flops_per_token(n_params, n_trainable)
+    copies = LazyIndex(getattr(train_set, "docs", None), tokenizer)  # built at the first sample
 
-    def evaluate_now(step: int) -> float | None:
+    def evaluate_now(step: int) -> dict | None:
+        """The task's metrics record (val_loss, and accuracy, macro_f1 ... for classify)."""
         if val_set is None:
             return None
-        val_loss, _ = mean_loss(model, val_set, plan.batch_size, device, accelerator.autocast)
-        record = {"step": step, "val_loss": round(val_loss, 6), "val_ppl": round(
-            perplexity(val_loss), 4)}
+        record = {"step": step, **task.evaluate(model, val_set, plan.batch_size, device,
+                                                accelerator.autocast)}
         metrics.write(record)
         emit("eval", record)
-        return val_loss
+        return record
 
     def sample_now(step: int) -> None:
         if not cfg.sample_every:
@@ -186,10 +200,13 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
         with accelerator.autocast():
             got = generate(unwrapped, tokenizer, cfg.sample_prompts or None, n=1,
                            max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step)
-        for s in got:
-            record = {"step": step, "prompt": s.prompt, "text": s.text}
+        # Memorisation: each sample against the training data; the copy rate goes to metrics.
+        checks = [copies.check(s.prompt, s.text) for s in got]
+        for s, check in zip(got, checks):
+            record = {"step": step, "prompt": s.prompt, "text": s.text, **check.to_dict()}
             samples_log.write(record)
             emit("sample", record)
+        metrics.write(copy_summary(step, checks))
 
     def save_now(step: int) -> Path:
         path = checkpoint.save(
@@ -205,7 +222,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
     step = state["step"]
     window_loss = torch.zeros((), device=device)
     window_targets, window_tokens, window_t0 = 0, 0, time.perf_counter()
-    last_train_loss, val_loss, stopped = None, None, "completed"
+    last_train_loss, val_loss, last_eval, stopped = None, None, None, "completed"
     bad_in_row = 0
     emit("progress", {"step": step, "total": plan.total_steps})
     while step < plan.total_steps:
@@ -218,7 +235,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with nullcontext() if sync else accelerator.no_sync(model):
-                    loss = loss_sum(model, batch, device) / n_targets
+                    loss = task.loss_sum(model, batch, device) / n_targets
                     accelerator.backward(loss)
                 step_loss += loss.detach()
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
@@ -256,6 +273,8 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                           "lr": step_lr, "tokens": state["tokens"],
                           "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1),
                           "grad_norm": round(float(grad_norm), 4)}
+                if peak:
+                    record["mfu"] = round(record["tokens_per_s"] * flops_tok / peak, 4)
                 metrics.write(record)
                 emit("log", record)
                 window_loss.zero_()
@@ -263,11 +282,13 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             emit("progress", {"step": step, "total": plan.total_steps})
             side_t0 = time.perf_counter()  # evaluation, samples and saves are not training speed
             if step % cfg.eval_every == 0 or last or stop.signum:
-                val_loss = evaluate_now(step)
-                if val_loss is not None:
-                    best = state["best_val_loss"]
-                    if best is None or val_loss < best:
-                        state["best_val_loss"], state["best_step"] = val_loss, step
+                evaluated = evaluate_now(step)
+                if evaluated is not None:
+                    val_loss, last_eval = evaluated["val_loss"], evaluated
+                    rank, best = task.rank(evaluated), state["best_rank"]
+                    if best is None or rank < best:  # lists: compared item by item
+                        state["best_rank"], state["best_step"] = rank, step
+                        state["best_score"] = evaluated[task.best_metric]
                         state["bad_evals"] = 0
                     else:
                         state["bad_evals"] += 1
@@ -284,7 +305,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                                   hint=f"resume with: lmtune train --resume --out {out}")
             if cfg.patience and state["bad_evals"] >= cfg.patience:
                 stopped = "patience"
-                emit("message", {"text": f"stopping early: no better validation loss in "
+                emit("message", {"text": f"stopping early: no better {task.best_metric} in "
                                          f"{cfg.patience} evaluations"})
                 break
         if stopped != "completed":
@@ -292,9 +313,14 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
     final = out / "final"
     save_artifact(final, unwrapped, tokenizer, info)
     emit("end", {"final": str(final), "step": step})
+    if cfg.report:  # loss.png and report.html, with before/after samples from the base
+        report_at_end(out, unwrapped, tokenizer, device, accelerator.autocast, emit)
+    is_loss = task.best_metric == "val_loss"
     return TrainResult(out=out, final=final, steps=step, train_loss=last_train_loss,
-                       val_loss=val_loss, best_val_loss=state["best_val_loss"],
-                       best_step=state["best_step"], stopped=stopped)
+                       val_loss=val_loss, best_val_loss=state["best_score"] if is_loss else None,
+                       best_step=state["best_step"], stopped=stopped, task=task.name,
+                       best_metric=task.best_metric, best_score=state["best_score"],
+                       metrics=last_eval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +376,8 @@ def _load_weights(model, folder: Path) -> None:
         sd = load_file(f)
         model.load_state_dict(sd, strict=False)
         missing -= set(sd)
-    tied = {n for n, p in model.named_parameters()
-            if p is model.get_output_embeddings().weight}
+    head = model.get_output_embeddings()  # None for a classifier: it has a label head
+    tied = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
     if missing - tied:
         raise UserError(f"checkpoint {folder} lacks weights: {sorted(missing - tied)[:3]}")
 

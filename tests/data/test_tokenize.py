@@ -72,3 +72,11 @@ def test_tokenizes_in_batches_not_per_example(tokenizer):
     docs = tokenize_examples(examples, spy, batch_size=10)
     assert spy.calls == [10, 10, 10, 5]  # 30 completions in 3 calls, then the 5 prompts in 1
     assert docs.ids.tolist() == tokenize_examples(examples, tokenizer).ids.tolist()
+
+
+def test_fast_batch_encoding_gives_the_tokenizer_call_ids(tokenizer):
+    from lmtune.data.tokenize import encode_batch
+
+    texts = ["Quote by Ada Lovelace: \"The engine weaves\"", "", "  two  spaces\n\nand lines"]
+    want = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert encode_batch(tokenizer, texts) == want

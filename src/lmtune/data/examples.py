@@ -65,6 +65,28 @@ def build_examples_with_stats(records: list[dict], *, source: str, column: str |
     return examples, stats
 
 
+def record_texts(records: list[dict], *, source: str, column: str | None = None,
+                 template: str | None = None, option: str = "--column") -> list[str | None]:
+    """The text of every record, in order, from `column` or `template` (exactly one); None
+    where a record lacks a value. For labelled data (classification), where a record may not
+    be dropped silently: the caller reports those rows. `option` names the flag in errors."""
+    fields = sorted({key for record in records for key in record})
+    if (column is None) == (template is None):
+        raise UserError(f"choose one way to get the text: {option} or --template")
+    if template is not None:
+        parts = _compile(template, fields, source, "--template")
+    else:
+        _check_field(column, fields, source, option)
+        parts = [("", column)]
+    texts: list[str | None] = []
+    for record in records:
+        try:
+            texts.append(_render(parts, record))
+        except _Missing:
+            texts.append(None)
+    return texts
+
+
 def _choose_text(records, fields, source, column, template, prompt_template, completion_template):
     """(prompt parts, completion parts) for the one text option the user picked."""
     if (prompt_template is None) != (completion_template is None):
@@ -149,16 +171,20 @@ def _render(parts: _Parts, record: dict) -> str:
 
 def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, validation), each in the original order; the same seed gives the same split."""
+    train_idx, val_idx = split_indices(len(examples), val_fraction, seed)
+    return [examples[i] for i in train_idx], [examples[i] for i in val_idx]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices into n items, each ascending; the same seed gives the same
+    split, whether the items are examples or the cached documents made from them."""
     if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise UserError(f"val_fraction must be at least 0 and below 1, got {val_fraction!r}",
-                        hint="e.g. --val-fraction 0.1 (10%), or 0 for no validation set")
-    n = len(examples)
+                        hint="e.g. --val-split 0.1 (10%), or 0 for no validation set")
     # With one example there is nothing to hold out without leaving nothing to train on.
     if val_fraction == 0 or n < 2:
-        return list(examples), []
+        return np.arange(n), np.arange(0)
     n_val = min(max(1, int(n * val_fraction + 0.5)), n - 1)
     held_out = np.zeros(n, dtype=bool)
     held_out[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-    train = [ex for ex, out in zip(examples, held_out) if not out]
-    val = [ex for ex, out in zip(examples, held_out) if out]
-    return train, val
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)

@@ -84,10 +84,11 @@ class _Blocks:
 class PackedDataset(_Blocks):
     def __init__(self, docs: TokenizedDocs, block_size: int, *, shuffle: bool = True, seed: int = 0):
         super().__init__(docs, block_size, shuffle, seed)
-        self._lengths = np.diff(docs.offsets)
+        self._lengths = docs.lengths
+        self._n_tokens = int(self._lengths.sum())
 
     def num_blocks(self) -> int:
-        return -(-self.docs.n_tokens // self.block_size)
+        return -(-self._n_tokens // self.block_size)
 
     def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         # The document order, and where each document starts in the epoch's stream: O(n_docs)
@@ -99,11 +100,11 @@ class PackedDataset(_Blocks):
 
     def _batch(self, plan: tuple[np.ndarray, np.ndarray], first: int, end: int) -> Batch:
         order, stream_starts = plan
-        size, n_tokens = self.block_size, self.docs.n_tokens
+        size, n_tokens = self.block_size, self._n_tokens
         # Cost: O(batch tokens * log n_docs).
         pos = np.arange(first * size, min(end * size, n_tokens), dtype=np.int64)  # stream positions
         doc = np.searchsorted(stream_starts, pos, side="right") - 1  # index into `order`
-        src = self.docs.offsets[order[doc]] + (pos - stream_starts[doc])  # index into docs.ids
+        src = self.docs.starts[order[doc]] + (pos - stream_starts[doc])  # index into docs.ids
         segment_start = np.maximum(stream_starts[doc], (pos // size) * size)
         positions = pos - segment_start
 
@@ -134,12 +135,12 @@ class PaddedDataset(_Blocks):
 
     def __init__(self, docs: TokenizedDocs, block_size: int, *, shuffle: bool = True, seed: int = 0):
         super().__init__(docs, block_size, shuffle, seed)
-        lengths = np.diff(docs.offsets)
+        lengths = docs.lengths
         pieces = -(-lengths // block_size)  # rows per document
         doc = np.repeat(np.arange(len(lengths)), pieces)
         # k-th piece of its document: 0, 1, ... restarting at each document.
         k = np.arange(len(doc)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-        self._row_start = docs.offsets[:-1][doc] + k * block_size  # (n_rows,) index into docs.ids
+        self._row_start = docs.starts[doc] + k * block_size  # (n_rows,) index into docs.ids
         self._row_len = np.minimum(block_size, lengths[doc] - k * block_size)  # (n_rows,)
 
     def num_blocks(self) -> int:

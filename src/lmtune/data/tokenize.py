@@ -6,6 +6,7 @@ it); the EOS counts in the loss so the model learns to stop.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -15,16 +16,36 @@ from lmtune.errors import UserError
 
 @dataclass
 class TokenizedDocs:
-    ids: np.ndarray  # (n_tokens,) uint32, all documents concatenated
+    """Documents as flat arrays. `ids` and `loss_mask` may be np.memmap views of the token
+    cache (lmtune data prepare), so a corpus larger than memory trains without being loaded:
+    packing gathers only the tokens of the batch it builds."""
+
+    ids: np.ndarray  # (n_tokens,) uint16/uint32, all documents concatenated
     loss_mask: np.ndarray  # (n_tokens,) bool: True where the token is a target that counts in the loss
-    offsets: np.ndarray  # (n_docs + 1,) int64: document i is ids[offsets[i]:offsets[i + 1]]
+    offsets: np.ndarray  # (n_all_docs + 1,) int64: document i is ids[offsets[i]:offsets[i + 1]]
+    doc_index: np.ndarray | None = None  # which documents this view holds (None: all), e.g. a split
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.starts)
+
+    @cached_property
+    def starts(self) -> np.ndarray:  # (n_docs,) where each document of the view starts in ids
+        starts = np.asarray(self.offsets[:-1], dtype=np.int64)
+        return starts if self.doc_index is None else starts[self.doc_index]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:  # (n_docs,)
+        lengths = np.diff(np.asarray(self.offsets, dtype=np.int64))
+        return lengths if self.doc_index is None else lengths[self.doc_index]
 
     @property
     def n_tokens(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.lengths.sum())
+
+    def subset(self, index: np.ndarray) -> "TokenizedDocs":
+        """A view of some documents (no token is copied)."""
+        base = np.arange(len(self.offsets) - 1) if self.doc_index is None else self.doc_index
+        return TokenizedDocs(self.ids, self.loss_mask, self.offsets, base[np.asarray(index)])
 
 
 def start_token_id(tokenizer) -> int:
@@ -75,6 +96,16 @@ def tokenize_examples(examples: list[Example], tokenizer, batch_size: int = 1000
 def _tokenize(tokenizer, texts: list[str], batch_size: int) -> list[list[int]]:
     out: list[list[int]] = []
     for i in range(0, len(texts), batch_size):
-        # verbose=False: a long document is not an error here; packing cuts it into blocks.
-        out += tokenizer(texts[i: i + batch_size], add_special_tokens=False, verbose=False)["input_ids"]
+        out += encode_batch(tokenizer, texts[i: i + batch_size])
     return out
+
+
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens, in one call that the Rust tokenizer
+    spreads over the cores. `encode_batch_fast` skips the character offsets that a
+    tokenizer call computes and we never use: about 1.6x faster, same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    # verbose=False: a long document is not an error here; packing cuts it into blocks.
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]

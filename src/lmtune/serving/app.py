@@ -1,0 +1,171 @@
+"""The FastAPI application: auth, body limit, errors in the OpenAI shape, and the routes.
+
+Every error a client can cause is answered as {"error": {"message", "type", "param",
+"code"}} with a 4xx status (the official `openai` client raises its typed exceptions from
+these); a 500 means a bug in lmtune.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from lmtune.errors import UserError
+from lmtune.serving import routes
+from lmtune.serving.state import ApiError, ServerState
+
+log = logging.getLogger("lmtune.serving")
+OPEN_PATHS = ("/health",)  # answered without an API key: load balancers poll it
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class AuthMiddleware:
+    """`Authorization: Bearer KEY` on every path but /health, compared in constant time.
+    Runs before the body is read, so an unauthenticated client cannot make the server parse
+    anything."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = b"Bearer " + key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+        if not hmac.compare_digest(given, self.expected):
+            response = error_response(401, "missing or wrong API key; send the header "
+                                           "'Authorization: Bearer KEY'",
+                                      type="authentication_error", code="invalid_api_key",
+                                      headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return error_response(413, f"the request body is larger than this server's limit of "
+                               f"{limit} bytes", code="request_too_large")
+
+
+class BodyLimitMiddleware:
+    """Bodies over the limit get 413: at once when Content-Length says so, else as soon as
+    the bytes read pass it (a chunked body never gets buffered past the limit)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                return await _too_large(self.limit)(scope, receive, send)
+        total = 0
+
+        async def limited_receive():
+            nonlocal total
+            message = await receive()
+            total += len(message.get("body", b""))
+            if total > self.limit:  # FastAPI passes an HTTPException on to our handler
+                raise HTTPException(413)
+            return message
+        return await self.app(scope, limited_receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The first problem as 'field: what is wrong', and the field as OpenAI's `param`."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return (f"{param}: {msg}" if param else msg) + more, param
+
+
+def create_app(state: ServerState) -> FastAPI:
+    # No /docs or /openapi.json: they would be one more thing to guard and keep in step.
+    app = FastAPI(title="lmtune", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.lmtune = state
+    # Added last runs first: the key is checked before any byte of the body is read.
+    app.add_middleware(BodyLimitMiddleware, limit=state.cfg.max_request_bytes)
+    if state.api_key:
+        app.add_middleware(AuthMiddleware, key=state.api_key)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code,
+                              exc.headers)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request, exc: UserError):
+        message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return error_response(400, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        # FastAPI raises a bare 400 when the body cannot be parsed at all (a RecursionError
+        # on deeply nested JSON, a broken encoding).
+        if exc.status_code == 413:
+            return _too_large(state.cfg.max_request_bytes)
+        message = {400: "the request body is not valid JSON (or nests too deeply)",
+                   404: f"no route {request.url.path}",
+                   405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc: Exception):
+        log.exception("unexpected error")
+        return error_response(500, f"internal error: {type(exc).__name__}", type="server_error")
+
+    @app.get("/health")
+    async def health():
+        if state.status == "ready":
+            return {"status": "ok", "models": list(state.models)}
+        return JSONResponse({"status": state.status}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(s) for s in state.models.values()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name not in state.models:
+            raise ApiError(404, f"the model {name!r} is not served here", param="model",
+                           code="model_not_found")
+        return _model_card(state.models[name])
+
+    routes.add_routes(app, state)
+    return app
+
+
+_STARTED = int(time.time())
+
+
+def _model_card(served) -> dict:
+    return {"id": served.name, "object": "model", "created": _STARTED, "owned_by": "lmtune",
+            "task": served.task}
+

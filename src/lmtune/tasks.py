@@ -1,0 +1,101 @@
+"""What differs between training tasks, as a few functions the one loop in train.py calls.
+
+A task (`generate`: continue text; `classify`: a label per text, in classify.py) provides:
+  check(cfg)             -> problems with the flags, reported with the others before loading
+  prepare(cfg, tok, ...) -> datasets of batches, the step plan and the data's hash
+  load_model(...)        -> the model with the task's head (LM head or label head)
+  loss_sum(model, batch) -> summed loss; the loop divides by the batches' n_target_tokens
+  evaluate(model, val)   -> one flat metrics record, with val_loss and `best_metric`
+  rank(record)           -> what picks the best checkpoint: a list, lower is better
+  info()                 -> what lmtune.json records for later commands
+Text samples during training are for generate only: classify's plan sets sample_every to 0.
+
+Batches of either task have `n_target_tokens` (what the loss is a sum over) and `n_tokens`
+(real tokens, for throughput), and datasets have `batches(epoch, batch_size, start)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmtune.config import TrainConfig
+from lmtune.errors import UserError
+from lmtune.plan import Plan
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig  # with what the data decides filled in
+    plan: Plan
+    train_set: object
+    val_set: object | None
+    data_hash: str  # identifies the tokenized data, for resume checks
+    summary: dict  # train_examples, val_examples, train_tokens, stats: for the start event
+    messages: list[str] = field(default_factory=list)  # said once at start
+
+
+class LanguageModeling:
+    """--task generate: next-token loss on packed (or padded) documents."""
+
+    name = "generate"
+    best_metric = "val_loss"
+
+    def check(self, cfg: TrainConfig) -> list[str]:
+        given = [f"--{n.replace('_', '-')}" for n in ("text_column", "label_column")
+                 if getattr(cfg, n) is not None]
+        if cfg.class_weights != "none":
+            given.append("--class-weights")
+        return [f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
+                f"--task classify"] if given else []
+
+    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int) -> Prepared:
+        from lmtune.corpus import make_dataset, token_splits
+        from lmtune.plan import plan_run
+
+        splits = token_splits(cfg, tokenizer)
+        train_docs, val_docs = splits.train, splits.val
+        cfg, plan = plan_run(
+            cfg, n_train_tokens=train_docs.n_tokens, context=context, n_layers=n_layers,
+            n_blocks_for=lambda bs: make_dataset(train_docs, bs, pack=cfg.pack, shuffle=False,
+                                                 seed=0).num_blocks())
+        train_set = make_dataset(train_docs, plan.block_size, pack=cfg.pack, shuffle=True,
+                                 seed=cfg.seed)
+        val_set = (make_dataset(val_docs, plan.block_size, pack=cfg.pack, shuffle=False, seed=0)
+                   if val_docs else None)
+        return Prepared(cfg=cfg, plan=plan, train_set=train_set, val_set=val_set,
+                        data_hash=splits.key,
+                        summary={"train_examples": len(train_docs),
+                                 "val_examples": len(val_docs) if val_docs else 0,
+                                 "train_tokens": train_docs.n_tokens, "stats": splits.stats})
+
+    def load_model(self, resolved, cfg: TrainConfig, tokenizer):
+        from lmtune.models import load_base, refuse_classifier
+
+        refuse_classifier(resolved)
+        return load_base(resolved, trust_remote_code=cfg.trust_remote_code)
+
+    def loss_sum(self, model, batch, device):
+        from lmtune.loss import loss_sum
+
+        return loss_sum(model, batch, device)
+
+    def evaluate(self, model, val_set, batch_size: int, device, autocast) -> dict:
+        from lmtune.evaluate import mean_loss, perplexity
+
+        val_loss, _ = mean_loss(model, val_set, batch_size, device, autocast)
+        return {"val_loss": round(val_loss, 6), "val_ppl": round(perplexity(val_loss), 4)}
+
+    def rank(self, record: dict) -> list:
+        return [record["val_loss"]]
+
+    def info(self) -> dict:
+        return {"task": self.name}
+
+
+def task_for(cfg: TrainConfig):
+    if cfg.task == "classify":
+        from lmtune.classify import Classification
+        return Classification()
+    if cfg.task == "generate":
+        return LanguageModeling()
+    raise UserError(f"unknown --task {cfg.task!r}; choose generate or classify")
