@@ -5,6 +5,7 @@ eval and predict agree with training, and resuming is invisible."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -269,7 +270,7 @@ def test_eval_of_a_lora_run_matches_its_last_validation(lora_cls_run, held_out, 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_predict_cli_and_api_agree(cls_run, tmp_path, capsys):
+def test_predict_cli_and_api_agree(cls_run, tmp_path, capsys, monkeypatch):
     texts = ["cat dog bird", "programmer arrays", "two plus four"]
     argv = ["predict", str(cls_run.out), "--json"] + [x for t in texts for x in ("--text", t)]
     assert main(argv) == 0
@@ -287,6 +288,11 @@ def test_predict_cli_and_api_agree(cls_run, tmp_path, capsys):
     assert list(rows[0]) == ["text", "label", "prob_animal", "prob_code", "prob_math"]
     assert [r["label"] for r in rows] == ["animal", "code", "math"]
     assert float(rows[0]["prob_animal"]) == pytest.approx(api[0].probs["animal"], abs=1e-6)
+    capsys.readouterr()
+    # --data -: one text per line from stdin, each answered as it comes (blank lines skipped).
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts[:2]) + "\n\n"))
+    assert main(["predict", str(cls_run.out), "--data", "-", "--json"]) == 0
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines()] == printed[:2]
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

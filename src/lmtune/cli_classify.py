@@ -5,6 +5,7 @@ print; the work is done by classify.py, which prints nothing. Data goes to stdou
 from __future__ import annotations
 
 import json
+import sys
 
 from lmtune.config import PredictConfig
 
@@ -21,20 +22,35 @@ def run_predict(cfg: PredictConfig) -> int:
                         if cfg.texts else "nothing to classify",
                         hint="lmtune predict RUN --text '...' [--text ...], or --data FILE")
     clf = load_classifier(cfg.run, device=cfg.device)
-    predictions = predict(clf, cfg.texts, data=cfg.data, text_column=cfg.text_column,
-                          template=cfg.template, format=cfg.format, encoding=cfg.encoding,
-                          batch_size=cfg.batch_size)
+    if cfg.data == "-" and not cfg.out:
+        # Interactive: the model loads once, then each line is answered as it arrives
+        # (about 0.1 s a text for the default model on a CPU; loading takes seconds).
+        for line in sys.stdin:
+            if line.strip():
+                _print(clf.predict([line.rstrip("\r\n")], cfg.batch_size)[0], cfg.json)
+        return 0
+    if cfg.data == "-":
+        predictions = clf.predict([x.rstrip("\r\n") for x in sys.stdin if x.strip()],
+                                  cfg.batch_size)
+    else:
+        predictions = predict(clf, cfg.texts, data=cfg.data, text_column=cfg.text_column,
+                              template=cfg.template, format=cfg.format, encoding=cfg.encoding,
+                              batch_size=cfg.batch_size)
     if cfg.out:
         path = write_predictions(predictions, clf.labels, cfg.out)
         print(f"{len(predictions)} predictions written to {path}")
         return 0
     for p in predictions:
-        if cfg.json:
-            print(json.dumps(p.to_dict(), ensure_ascii=False))
-        else:
-            text = p.text if len(p.text) <= 70 else p.text[:67] + "..."
-            print(f"{p.label}\t{p.probs[p.label]:.3f}\t{text}".replace("\n", " "))
+        _print(p, cfg.json)
     return 0
+
+
+def _print(p, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(p.to_dict(), ensure_ascii=False), flush=True)
+    else:
+        text = p.text if len(p.text) <= 70 else p.text[:67] + "..."
+        print(f"{p.label}\t{p.probs[p.label]:.3f}\t{text}".replace("\n", " "), flush=True)
 
 
 def print_train_end(result) -> int:

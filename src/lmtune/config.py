@@ -192,7 +192,9 @@ class PredictConfig:
                    "checkpoints.", positional=True)
     texts: list[str] = opt([], "Text to classify; repeatable.", alias="--text")
     data: str | None = opt(None, "File of texts to classify (.csv, .tsv, .json, .jsonl, "
-                           ".parquet, or .txt with one text per line).")
+                           ".parquet, or .txt with one text per line); '-' reads one text per "
+                           "line from standard input and answers each as it arrives (the "
+                           "model loads once).")
     text_column: str | None = opt(None, "Column or field of --data that holds the text "
                                   "(default: the run's own).")
     template: str | None = opt(None, "Build each text of --data from fields (default: the "
