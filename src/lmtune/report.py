@@ -208,9 +208,11 @@ def _check_run(run: Path) -> None:
 
 
 def write_report(run: str | Path, *, pair=None, compare: bool = True, device: str = "auto",
-                 trust_remote_code: bool = False) -> ReportResult:
+                 trust_remote_code: bool = False,
+                 left_out: str = "left out (--no-compare)") -> ReportResult:
     """Write loss.png and report.html into `run`. `pair` (a comparison.ModelPair) skips loading
-    the models for the before/after samples; `compare=False` leaves them out."""
+    the models for the before/after samples; `compare=False` leaves them out (`left_out`
+    says why in the page)."""
     run = Path(run)
     _check_run(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -226,7 +228,7 @@ def write_report(run: str | Path, *, pair=None, compare: bool = True, device: st
     elif compare:
         before_after = _before_after(run, cfg, info, pair, device, trust_remote_code)
     else:
-        note = "left out (--no-compare)"
+        note = left_out
     page = render_html(run, cfg, info, metrics, samples, loss_png.read_bytes(), before_after,
                        note)
     html_path = run / "report.html"
@@ -254,8 +256,12 @@ def report_at_end(out: Path, model, tokenizer, device, autocast, emit) -> None:
 
     try:
         info = json.loads((out / "final" / "lmtune.json").read_text(encoding="utf-8"))
+        cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
         if info.get("task", "generate") != "generate":
             result = write_report(out, compare=False)
+        elif not cfg.get("sample_every"):
+            result = write_report(out, compare=False, left_out="left out: samples were turned "
+                                                               "off (--sample-every 0)")
         else:
             pair = ModelPair.around(model, tokenizer, resolve(str(out)), info["base_model"],
                                     device, autocast)
