@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", 
                      "keep", "patience", "device", "out", "data", "val_data", "report",
                      "dry_run"}
 MAX_BAD_STEPS = 5
+EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
 
 
 class Interrupted(UserError):
@@ -107,6 +108,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = task.load_model(resolved, cfg, tokenizer)
+    if device == "cpu" and plan.block_size <= EAGER_MAX_BLOCK:
+        _prefer_eager_attention(model)
     if start is not None and cfg.method != "lora":
         _load_weights(model, start / "model")
     model = apply_method(model, cfg)
@@ -380,6 +383,17 @@ def _load_weights(model, folder: Path) -> None:
     tied = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
     if missing - tied:
         raise UserError(f"checkpoint {folder} lacks weights: {sorted(missing - tied)[:3]}")
+
+
+def _prefer_eager_attention(model) -> None:
+    """On CPU, eager attention with our block-diagonal mask ran a SmolLM2 LoRA step about 15%
+    faster than SDPA at 256-token blocks (SDPA's CPU backward is slow) and about the same at
+    1024. Eager keeps every layer's (B, heads, T, T) attention weights for the backward pass
+    (4.5 GB for SmolLM2 at 8 x 1024), so it is used for short blocks only; GPUs keep SDPA."""
+    try:
+        model.set_attn_implementation("eager")
+    except (ValueError, AttributeError, NotImplementedError):
+        pass  # architectures that fix their attention at load time keep it
 
 
 def _accelerator(device: str, precision: str):
