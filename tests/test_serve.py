@@ -242,8 +242,9 @@ class _Loop:
         fn(*args)
 
 
-@pytest.mark.parametrize("first, second", [("the cat", "a dog ran in the park while the"),
-                                           ("a dog ran in the park while the", "the cat")])
+@pytest.mark.parametrize("first, second", [
+    (("lora", "the cat"), ("jokes-b", "a dog ran in the park while the")),
+    (("jokes-b", "a dog ran in the park while the"), ("lora", "the cat"))])
 def test_a_request_joining_a_running_batch_gets_the_same_logits_as_alone(
         server, first, second, monkeypatch):
     """Joining pads the narrower cache on the left (the running rows' or the new ones');
@@ -280,8 +281,36 @@ def test_a_request_joining_a_running_batch_gets_the_same_logits_as_alone(
         assert not batch.rows
         return dict(seen)
 
-    together = run({0: [job("a", "lora", first)], 3: [job("b", "jokes-b", second)]})
-    alone = run({0: [job("a", "lora", first)]}) | run({0: [job("b", "jokes-b", second)]})
-    assert together.keys() == alone.keys() and {tag for tag, _ in alone} == {"a", "b"}
+    together = run({0: [job("a", *first)], 3: [job("b", *second)]})
+    alone = run({0: [job("a", *first)]}) | run({0: [job("b", *second)]})
+    assert together.keys() == alone.keys()
+    assert ("a", 4) in alone and ("b", 1) in alone  # "a" still ran when "b" joined
     for key in alone:
-        torch.testing.assert_close(together[key], alone[key], atol=1e-4, rtol=0, msg=str(key))
+        torch.testing.assert_close(together[key], alone[key], atol=1e-5, rtol=0, msg=str(key))
+
+
+def test_sampler_draws_each_token_with_its_probability_within_top_p():
+    from types import SimpleNamespace
+
+    from lmtune.serving.jobs import Sampling
+    from lmtune.serving.sampling import next_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+
+    def rows(**sampling):
+        job = SimpleNamespace(sampling=Sampling(max_tokens=1, **sampling),
+                              generator=torch.Generator().manual_seed(0))
+        return [SimpleNamespace(job=job, tokens=[]) for _ in range(len(logits))]
+
+    counts = torch.bincount(torch.tensor(next_tokens(logits.clone(), rows())), minlength=4)
+    assert (counts / len(logits) - probs).abs().max() < 0.03, counts
+    nucleus = torch.bincount(torch.tensor(next_tokens(logits.clone(), rows(top_p=0.8))),
+                             minlength=4)
+    assert nucleus[2:].sum() == 0 and (nucleus[0] / nucleus.sum() - 0.5 / 0.8).abs() < 0.03
+    assert set(next_tokens(logits.clone(), rows(temperature=0))) == {0}
+    # A presence penalty of 2 on the likeliest token makes it the least likely one.
+    penalised = rows(temperature=0, presence_penalty=2.0)
+    for r in penalised:
+        r.tokens = [0]
+    assert set(next_tokens(logits.clone(), penalised)) == {1}

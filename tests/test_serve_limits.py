@@ -48,12 +48,12 @@ def server(lora_run, tiny_llama, tmp_path_factory, evil_marker):
 
 @pytest.fixture
 def slow_steps(monkeypatch):
-    """Each decoding step takes at least 30 ms, so requests stay in flight long enough to
+    """Each decoding step takes at least 50 ms, so requests stay in flight long enough to
     watch them."""
     step = DecodeBatch.step
 
     def slow(self):
-        time.sleep(0.03)
+        time.sleep(0.05)
         step(self)
     monkeypatch.setattr(DecodeBatch, "step", slow)
 

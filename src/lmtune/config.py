@@ -238,7 +238,8 @@ class ServeConfig:
                     "or --insecure.")
     port: int = opt(8000, "Port to listen on (0 picks a free one).")
     api_key: str | None = opt(None, "Require 'Authorization: Bearer KEY' on every route but "
-                              "/health (default: the LMTUNE_API_KEY environment variable).")
+                              "/health (default: the LMTUNE_API_KEY environment variable, "
+                              "which keeps the key out of the process list).")
     insecure: bool = opt(False, "Allow listening on a non-loopback address without an API key.")
     max_tokens_cap: int = opt(512, "Largest max_tokens a request may ask for.")
     max_concurrency: int = opt(16, "Requests generated at once, as one batch.")

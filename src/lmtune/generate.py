@@ -33,7 +33,9 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list[int]:
     return [start_token_id(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (len(rows), longest): prompts end at the same column, so
+    every row's next token is generated at the last position (serving shares this)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -64,7 +66,7 @@ def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
     stop = [s for s in (stop or []) if s]
     rows = [encode_prompt(tokenizer, p, chat) for p in prompts for _ in range(n)]
     device = next(model.parameters()).device
-    ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
     greedy = temperature == 0
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=not greedy,

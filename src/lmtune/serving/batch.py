@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmtune.generate import left_pad
+from lmtune.serving.registry import BASE_ROWS
 from lmtune.serving.sampling import next_tokens
 
 # A stop string can end in text that is not decoded yet; streamed text holds back any tail that
@@ -75,20 +77,10 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return longest
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 def _pad_cache_left(cache, columns: int) -> None:
     for layer in cache.layers:
         layer.keys = F.pad(layer.keys, (0, 0, columns, 0))       # (B, H, T, D): pad T
-        layer.values = F.pad(layer.values, (0, 0, 0, columns))
+        layer.values = F.pad(layer.values, (0, 0, columns, 0))
 
 
 def _joinable(cache) -> bool:
@@ -116,7 +108,15 @@ class DecodeBatch:
     def _forward(self, ids, mask, positions, cache, rows_adapters):
         kwargs = {}
         if self.group.is_peft:
-            kwargs["adapter_names"] = rows_adapters
+            only = rows_adapters[0] if len(set(rows_adapters)) == 1 else None
+            if only is not None and only != BASE_ROWS:
+                # Every row wants the same adapter: PEFT's plain path. Its mixed-adapter path
+                # (index per adapter in every LoRA layer) made a SmolLM2-135M step on the CPU
+                # about 1.5x slower, for B=1 and for B=16 alike.
+                if self.model.active_adapter != only:
+                    self.model.set_adapter(only, inference_mode=True)
+            else:
+                kwargs["adapter_names"] = rows_adapters
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask,
                          position_ids=positions, past_key_values=cache, use_cache=True,
                          logits_to_keep=1, **kwargs)
@@ -127,7 +127,7 @@ class DecodeBatch:
         from transformers import DynamicCache
 
         prompts = [(job, p) for job in jobs for p in job.prompts]
-        ids, mask = _left_pad([p for _, p in prompts], pad_id=0)
+        ids, mask = left_pad([p for _, p in prompts], pad_id=0)
         mask = mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(ids, mask, positions, DynamicCache(config=self.model.config),

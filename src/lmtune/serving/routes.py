@@ -1,8 +1,9 @@
 """/v1/completions, /v1/chat/completions and /v1/classify.
 
-Each generation request goes: 503 if not serving -> 404 unknown model -> 429 if full (before
-any work) -> 400 for a bad prompt or limit -> a Job for the engine -> one JSON answer, or
-server-sent events that always end with `data: [DONE]`.
+Each generation request goes: 503 if not serving -> 404 unknown model -> 400 for options past
+a limit -> 429 if full (before the prompt is even tokenized) -> 400 for a bad prompt or one
+that does not fit the context -> a Job for the engine -> one JSON answer, or server-sent events
+that always end with `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def add_routes(app, state: ServerState) -> None:
         try:
             prompts = await run_in_threadpool(_encode_prompts, served, body)
             sampling = _sampling(state, served, body, prompts, body.max_tokens, "prompt")
+            job = Job(served, prompts, body.n, sampling, asyncio.get_running_loop())
         except BaseException:
             slot.release()
             raise
-        return await _answer(request, state, slot, Job(served, prompts, body.n, sampling,
-                                                       asyncio.get_running_loop()), body, "text")
+        return await _answer(request, state, slot, job, body, "text")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -59,11 +60,11 @@ def add_routes(app, state: ServerState) -> None:
         try:
             prompt = await run_in_threadpool(encode_chat, served, body.messages)
             sampling = _sampling(state, served, body, [prompt], max_tokens, "messages")
+            job = Job(served, [prompt], body.n, sampling, asyncio.get_running_loop())
         except BaseException:
             slot.release()
             raise
-        return await _answer(request, state, slot, Job(served, [prompt], body.n, sampling,
-                                                       asyncio.get_running_loop()), body, "chat")
+        return await _answer(request, state, slot, job, body, "chat")
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
@@ -154,9 +155,9 @@ async def _answer(request: Request, state: ServerState, slot, job: Job, body, ki
     prompt_tokens = sum(len(p) for p in job.prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(job, slot, kind, meta, prompt_tokens, include_usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return _JobStream(_stream(job, slot, kind, meta, prompt_tokens, include_usage), job,
+                          slot, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache"})
     try:
         result = await _collect(job, request)
     finally:
@@ -173,6 +174,23 @@ async def _answer(request: Request, state: ServerState, slot, job: Job, body, ki
     choices = [{"index": i, "text": texts[i], "finish_reason": ends[i][0], "logprobs": None}
                for i in range(job.choices)]
     return dict(meta, object="text_completion", choices=choices, usage=usage)
+
+
+class _JobStream(StreamingResponse):
+    """Releases the request's slot however the response ends. A generator's own `finally`
+    is not enough: one that never started (the client left before the first byte) never runs
+    it, and its slot would be taken forever."""
+
+    def __init__(self, content, job: Job, slot, **kwargs):
+        super().__init__(content, **kwargs)
+        self._job, self._slot = job, slot
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.cancel()
+            self._slot.release()
 
 
 def _usage(prompt_tokens: int, ends: dict) -> dict:

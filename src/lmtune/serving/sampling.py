@@ -46,15 +46,20 @@ def next_tokens(logits: torch.Tensor, rows) -> list[int]:
         top_p = torch.tensor([rows[i].job.sampling.top_p for i in sampled])
         if (top_p < 1).any():
             probs = _top_p(probs, top_p)
-        # A request's rows are contiguous and in choice order; each request draws from its
-        # own generator.
-        start = 0
+        # Inverse-CDF sampling: one uniform number per row, drawn from the row's request's
+        # own generator (a request's rows are contiguous and in choice order). torch.multinomial
+        # took 0.8 ms per row on a 49k vocabulary, a fifth of a 16-row decoding step.
+        uniforms, start = [], 0
         while start < len(sampled):
             job = rows[sampled[start]].job
             end = start
             while end < len(sampled) and rows[sampled[end]].job is job:
                 end += 1
-            draws = torch.multinomial(probs[start:end], 1, generator=job.generator)
-            chosen[idx[start:end]] = draws.flatten()
+            uniforms.append(torch.rand(end - start, 1, generator=job.generator))
             start = end
+        cdf = probs.cumsum(dim=-1)                                              # (S, V)
+        # right=True: the first token whose cumulative mass exceeds u, so never a token that
+        # top_p removed (its cumulative mass equals its predecessor's).
+        draws = torch.searchsorted(cdf, torch.cat(uniforms) * cdf[:, -1:], right=True)
+        chosen[idx] = draws.flatten().clamp(max=probs.shape[-1] - 1)
     return chosen.tolist()

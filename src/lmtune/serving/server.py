@@ -88,30 +88,34 @@ class Prepared:
     planned: dict
     sock: socket.socket
     url: str
+    device: str
+    precision: str
 
 
 def prepare(cfg: ServeConfig) -> Prepared:
     """Check options and paths and bind the port; loads no weights."""
+    from lmtune.runtime import pick_device, pick_precision
     from lmtune.serving import registry
 
     key = check(cfg)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
     sock = _bind(cfg.host, cfg.port)
-    return Prepared(ServerState(cfg, key), planned, sock, url_of(sock))
+    return Prepared(ServerState(cfg, key), planned, sock, url_of(sock), device, precision)
 
 
 def load_models(prepared: Prepared, on_event: Callable[[str, dict], None]) -> None:
     """Load every model, then start the engine and turn the server ready. Runs in a thread
     while the server already answers /health with 503."""
-    from lmtune.runtime import pick_device, pick_precision, set_threads, torch_dtype
+    from lmtune.runtime import set_threads, torch_dtype
     from lmtune.serving import registry
     from lmtune.serving.engine import Engine
 
     state, cfg = prepared.state, prepared.state.cfg
+    device, precision = prepared.device, prepared.precision
     try:
         set_threads()
-        device = pick_device(cfg.device)
-        precision = pick_precision(cfg.precision, device)
         models = registry.load(prepared.planned, device=device, dtype=torch_dtype(precision),
                                trust_remote_code=cfg.trust_remote_code)
         groups = {id(s.group): s.group for s in models.values() if s.group is not None}
