@@ -238,7 +238,11 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with nullcontext() if sync else accelerator.no_sync(model):
-                    loss = task.loss_sum(model, batch, device) / n_targets
+                    # The loss runs under autocast too: accelerate covers only the model's
+                    # forward, and the chunked LM head (loss.py) runs outside it, where fp32
+                    # matmuls made a small-model step 1.4x slower.
+                    with accelerator.autocast():
+                        loss = task.loss_sum(model, batch, device) / n_targets
                     accelerator.backward(loss)
                 step_loss += loss.detach()
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
@@ -414,9 +418,15 @@ def _optimizer(model, cfg, device: str):
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # Fused AdamW on CUDA; foreach (a few large kernels instead of one per tensor) elsewhere.
-    kind = {"fused": True} if device == "cuda" else {"foreach": True}
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **kind)
+    groups = [g for g in groups if g["params"]]
+    # Fused AdamW (one kernel over all tensors) on CUDA and CPU: on this 2-core CPU it stepped
+    # 29M parameters in 13 ms against 56 ms for foreach. Other devices take foreach.
+    if device in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 
 def _scheduler(optimizer, cfg, total_steps: int):
