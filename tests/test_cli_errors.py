@@ -162,3 +162,13 @@ def test_overwrite_replaces_a_run(finished_run, lines_file, tiny_gpt2, capsys):
     steps = [json.loads(x)["step"] for x in (finished_run / "metrics.jsonl").read_text()
              .splitlines() if "val_loss" not in x]
     assert steps == [3]  # the old run's records are gone
+
+
+def test_overwrite_clears_only_what_a_run_writes(tmp_path):
+    from lmtune.runs import clear_run
+
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "report.html", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "checkpoints" / "step-000001").mkdir(parents=True)
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

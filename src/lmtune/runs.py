@@ -21,6 +21,7 @@ from lmtune.errors import UserError
 from lmtune.models import RUN_FILE
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "samples.jsonl")
+RUN_OUTPUTS = RUN_MARKERS + ("loss.png", "report.html")  # what --overwrite removes
 
 
 def default_out(data: str) -> Path:
@@ -56,7 +57,7 @@ def check_out(out: Path, *, resume: bool, overwrite: bool, model_path: str | Non
 
 def clear_run(out: Path) -> None:
     """--overwrite: remove what a run wrote, nothing else."""
-    for name in RUN_MARKERS + (RUN_FILE,):
+    for name in RUN_OUTPUTS + (RUN_FILE,):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
