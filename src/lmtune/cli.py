@@ -49,11 +49,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                                    help=f"Turn off {names[-1]}.")
             continue
         if tp is list:
-            # One value per flag for free text and NAME=PATH pairs, so that in
-            # `lmtune serve --name a=RUN_A RUN_B` the positional RUN_B is not taken as a name.
-            once = f.name in ("prompts", "sample_prompts", "stop", "names", "texts")
+            once = meta.get("repeat")  # see config.opt
             kw.update(action="append" if once else "extend", nargs=None if once else "+")
-            kw["metavar"] = {"names": "NAME=PATH"}.get(f.name, "TEXT" if once else "NAME")
+            kw["metavar"] = meta.get("metavar") or ("TEXT" if once else "NAME")
         else:
             kw["type"] = tp
             if meta.get("choices"):

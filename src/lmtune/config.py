@@ -29,9 +29,12 @@ CLASS_WEIGHTS = ("none", "auto")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False,
-        alias: str | None = None, group: str = "options") -> Any:
+        alias: str | None = None, group: str = "options", repeat: bool = False,
+        metavar: str | None = None) -> Any:
+    """`repeat`: a list option whose flag takes one value and is repeated (free text, NAME=PATH),
+    so a value can hold spaces and a positional after it is not swallowed."""
     meta = {"help": help, "choices": choices, "positional": positional, "alias": alias,
-            "group": group}
+            "group": group, "repeat": repeat, "metavar": metavar}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -128,7 +131,8 @@ class TrainConfig(DataOptions):
                                  "run); always at the end.", group="logging")
     sample_every: int | None = opt(None, "Steps between generated samples (default: with each "
                                    "evaluation; 0 turns samples off).", group="logging")
-    sample_prompts: list[str] = opt([], "Prompt for the samples written during training; "
+    sample_prompts: list[str] = opt([], repeat=True,
+                                    help="Prompt for the samples written during training; "
                                     "repeatable (default: unconditional).", alias="--sample-prompt",
                                     group="logging")
     sample_max_new_tokens: int = opt(64, "Length limit of samples written during training.",
@@ -157,7 +161,8 @@ class TrainConfig(DataOptions):
 class GenerateConfig:
     model: str = opt(DEFAULT_MODEL, "Model or run folder (a run means its final/ model).",
                      positional=True)
-    prompts: list[str] = opt([], "Prompt; repeatable (default: one unconditional sample).",
+    prompts: list[str] = opt([], repeat=True,
+                             help="Prompt; repeatable (default: one unconditional sample).",
                              alias="--prompt")
     n: int = opt(1, "Samples per prompt, generated as one batch.", alias="-n")
     max_new_tokens: int = opt(100, "Most tokens generated per sample.")
@@ -166,7 +171,7 @@ class GenerateConfig:
     top_p: float = opt(0.95, "Nucleus sampling: smallest set of tokens with this probability.")
     repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeating tokens.")
     seed: int | None = opt(None, "Random seed for reproducible samples.")
-    stop: list[str] = opt([], "Stop a sample at this string; repeatable.")
+    stop: list[str] = opt([], repeat=True, help="Stop a sample at this string; repeatable.")
     chat: bool = opt(False, "Wrap each prompt in the model's chat template.")
     json: bool = opt(False, "Print one JSON object per sample instead of text.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
@@ -190,7 +195,7 @@ class MergeConfig:
 class PredictConfig:
     run: str = opt("", "Classification run folder (a run means its final/ model) or one of its "
                    "checkpoints.", positional=True)
-    texts: list[str] = opt([], "Text to classify; repeatable.", alias="--text")
+    texts: list[str] = opt([], repeat=True, help="Text to classify; repeatable.", alias="--text")
     data: str | None = opt(None, "File of texts to classify (.csv, .tsv, .json, .jsonl, "
                            ".parquet, or .txt with one text per line); '-' reads one text per "
                            "line from standard input and answers each as it arrives (the "
@@ -231,7 +236,8 @@ class ServeConfig:
     models: list[str] = opt([], "Models or run folders to serve; runs whose LoRA adapters "
                             "share a base load that base once (default: the embedded "
                             f"'{DEFAULT_MODEL}').", positional=True)
-    names: list[str] = opt([], "Serve a model or run under a name of your choice: NAME=PATH; "
+    names: list[str] = opt([], repeat=True, metavar="NAME=PATH",
+                           help="Serve a model or run under a name of your choice: NAME=PATH; "
                            "repeatable. Requests select it with \"model\": \"NAME\".",
                            alias="--name")
     host: str = opt("127.0.0.1", "Address to listen on; anything but loopback needs --api-key "
@@ -291,7 +297,8 @@ class CompareConfig(DataOptions):
     reference: str | None = opt(None, "General text (read as plain documents, no template): "
                                 "perplexity on it shows forgetting next to learning.",
                                 group="data")
-    prompts: list[str] = opt([], "Prompt to generate from with both models; repeatable.",
+    prompts: list[str] = opt([], repeat=True,
+                             help="Prompt to generate from with both models; repeatable.",
                              alias="--prompt", group="generation")
     n: int = opt(2, "Samples per prompt from each model.", alias="-n", group="generation")
     max_new_tokens: int = opt(60, "Most tokens per sample.", group="generation")
