@@ -25,7 +25,8 @@ def _grads(model):
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_chunked_loss_and_grads_equal_plain(fixture, lora, request, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [7, 4096])  # several chunks with a ragged last; one
+def test_chunked_loss_and_grads_equal_plain(fixture, lora, chunk_rows, request, monkeypatch):
     folder = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     model = load_base(Resolved(str(folder), str(folder)))
@@ -37,7 +38,7 @@ def test_chunked_loss_and_grads_equal_plain(fixture, lora, request, monkeypatch)
                 p.data.normal_(0, 0.02)
     model.train()
     batch = _batch(folder)
-    monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", 7)  # several chunks and a ragged last one
+    monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", chunk_rows)
     results = []
     for chunked in (False, True):
         model.zero_grad()
@@ -57,3 +58,32 @@ def test_chunked_path_is_used_for_plain_heads(tiny_gpt2):
     assert chunked_ce.supports_chunked_loss(model)
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
     assert not chunked_ce.supports_chunked_loss(model)  # a head bias takes the plain path
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_chunked_path_under_bf16_autocast_matches_plain(fixture, request):
+    """The training set-up: bf16 autocast, LoRA inputs left in bf16, frozen weights in bf16
+    for LoRA. Gradients agree with the plain path to bf16 precision."""
+    from lmtune.methods import keep_lora_inputs_in_autocast_dtype
+    folder = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    model = load_base(Resolved(str(folder), str(folder)))
+    model.train()
+    batch = _batch(folder)
+    results = []
+    for chunked in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_sum(model, batch, "cpu", chunked=chunked)
+        (loss / 7).backward()  # the loop divides by the target count: grad_out is not 1
+        results.append((loss.item(), _grads(model)))
+    (plain, g_plain), (fast, g_fast) = results
+    assert fast == pytest.approx(plain, rel=2e-2)
+    assert g_plain.keys() == g_fast.keys()
+    for name in g_plain:
+        error = (g_fast[name] - g_plain[name]).norm() / g_plain[name].norm()
+        assert error < 0.05, (name, float(error))
+    keep_lora_inputs_in_autocast_dtype(apply_lora(model, r=4, alpha=8, dropout=0.0,
+                                                  targets=None))
+    assert not any(getattr(m, "cast_input_dtype_enabled", False) for m in model.modules())
