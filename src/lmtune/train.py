@@ -85,7 +85,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     out = Path(cfg.out) if cfg.out else default_out(cfg.data)
     # The folder checks run before the model is resolved: resolving the default model may
     # convert it first (about 20 s), and a wrong --out should not wait for that.
-    check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model)
+    check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model,
+              data_path=cfg.data)
     resolved = resolve(cfg.model)
     if resolved.adapter is not None:
         raise UserError(f"--model {cfg.model} is a LoRA adapter",
