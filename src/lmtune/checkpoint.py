@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmtune.errors import UserError
+from lmtune.trust import check_safetensors
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TMP_PREFIX = ".tmp-"
@@ -184,6 +185,8 @@ def verify(folder: Path) -> None:
             raise UserError(f"checkpoint file {path} does not match its manifest (altered or "
                             f"truncated)", hint="delete that checkpoint folder to resume from "
                                                 "an older one")
+        if path.suffix == ".safetensors":  # a manifest can be rewritten along with the file
+            check_safetensors(path)
 
 
 def latest(ckpt_root: Path) -> Path | None:

@@ -183,6 +183,8 @@ class GenerateConfig:
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS)
     trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    allow_pickle: bool = opt(False, "Allow a model whose weights are only in pickle files "
+                             "(.bin, .pt); loaded with torch.load(weights_only=True).")
     check_memorization: str | None = opt(None, "Training data to check each sample against "
                                          "(read with the run's own template): the longest run "
                                          "of tokens copied from it and whether the sample is a "

@@ -73,7 +73,8 @@ class LanguageModeling:
         from lmtune.models import load_base, refuse_classifier
 
         refuse_classifier(resolved)
-        return load_base(resolved, trust_remote_code=cfg.trust_remote_code)
+        return load_base(resolved, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle)
 
     def loss_sum(self, model, batch, device):
         from lmtune.loss import loss_sum
