@@ -108,7 +108,7 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
         _write_json(tmp / "manifest.json", manifest)
         _kill_point("manifest", step)
         if final.exists():  # a re-save of the same step (e.g. interrupt right after a save)
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _kill_point("renamed", step)
     except OSError as e:
@@ -145,7 +145,15 @@ def prune(ckpt_root: Path, *, keep: int, best_step: int | None) -> None:
         keepers.add(best_step)
     for s in steps:
         if s not in keepers:
-            shutil.rmtree(ckpt_root / step_name(s), ignore_errors=True)
+            _remove(ckpt_root / step_name(s))
+
+
+def _remove(folder: Path) -> None:
+    """Rename, then delete: a kill midway leaves a temporary folder (cleaned at the next
+    start), never a half-deleted checkpoint that still has its manifest."""
+    doomed = folder.with_name(TMP_PREFIX + "old-" + folder.name)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_partial(ckpt_root: Path) -> None:
