@@ -10,6 +10,8 @@ import pytest
 import lmtune
 from lmtune.cli import main
 
+pytestmark = pytest.mark.faults
+
 
 def _run(capsys, argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])

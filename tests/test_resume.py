@@ -21,6 +21,8 @@ import lmtune
 from lmtune import checkpoint
 from lmtune.train import Interrupted
 
+pytestmark = pytest.mark.faults
+
 # Dropout stays as configured (GPT-2's 0.1, LoRA's 0.05), and samples are drawn during the
 # run: neither may disturb the training RNG.
 COMMON = dict(seed=7, lr=3e-3, warmup_steps=2, log_every=1, eval_every=5, sample_every=5,
@@ -60,6 +62,11 @@ def test_resume_with_more_steps_equals_a_straight_run(method, tiny_gpt2, lines_f
                                                                        + [lr] * 18)
     first = lmtune.train(lines_file, out=str(tmp_path / "resumed"), max_steps=10, **opts)
     assert first.steps == 10 and (first.out / "checkpoints" / "step-000010").is_dir()
+    # What makes it hard: the stop falls mid-epoch of shuffled data, with dropout on.
+    epoch_at_10 = [json.loads(x)["epoch"] for x in (first.out / "metrics.jsonl").read_text()
+                   .splitlines() if '"loss"' in x][-1]
+    assert 0 < epoch_at_10 % 1
+    assert json.loads((tiny_gpt2 / "config.json").read_text())["resid_pdrop"] > 0
     at_10 = _weights(first.final)
     resumed = lmtune.train(out=str(tmp_path / "resumed"), resume=True, max_steps=20)
     assert resumed.steps == 20

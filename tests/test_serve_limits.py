@@ -19,6 +19,8 @@ from lmtune.cli import main
 from lmtune.serving.batch import DecodeBatch, Row
 from serve_helpers import chat_model, running_server, sse_events
 
+pytestmark = pytest.mark.faults
+
 CAP, CONCURRENCY, QUEUE = 64, 2, 2
 # A chat template that reaches for Python internals to run a shell command.
 EVIL_TEMPLATE = ("{{ cycler.__init__.__globals__.os.popen('touch {marker}').read() }}"
@@ -245,7 +247,11 @@ def test_a_load_above_the_limits_gets_only_200s_and_fast_429s(server, slow_steps
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(48)))
+        warm = _rss_mb()
+        for _ in range(2):  # more of the same load must not grow the server's memory
+            results += list(pool.map(one, range(48)))
     http.close()
+    assert _rss_mb() - warm < 40, f"memory grew from {warm} MB to {_rss_mb()} MB"
     codes = [c for c, _ in results]
     assert set(codes) == {200, 429}, codes
     assert codes.count(200) >= CONCURRENCY + QUEUE
@@ -255,6 +261,12 @@ def test_a_load_above_the_limits_gets_only_200s_and_fast_429s(server, slow_steps
     assert state.in_flight == 0
     assert not any(state.engine.waiting.values())
     assert not any(b.rows for b in state.engine.batches.values())
+
+
+def _rss_mb() -> int:
+    """Resident memory of this process, which runs the server in a thread."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def _busy(state) -> bool:

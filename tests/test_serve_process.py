@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.faults
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

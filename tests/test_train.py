@@ -127,6 +127,7 @@ def test_keep_k_newest_checkpoints_plus_the_best(tiny_gpt2, lines_file, tmp_path
     assert checkpoint.complete_steps(result.out / "checkpoints") == sorted({25, 30, best})
 
 
+@pytest.mark.faults
 def test_prune_keeps_newest_and_best_and_clean_removes_partial(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (5, 10, 15):
@@ -230,6 +231,7 @@ def test_unknown_lora_target_lists_the_real_modules(tiny_gpt2):
 
 # --- small data ----------------------------------------------------------------------------------
 
+@pytest.mark.faults
 def test_dataset_smaller_than_one_batch_still_trains(tiny_gpt2, tmp_path, fast):
     data = tmp_path / "three.txt"
     data.write_text("the cat sat\nthe dog ran\nbirds sang\n", encoding="utf-8")

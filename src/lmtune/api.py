@@ -20,7 +20,7 @@ def train(data: str | None = None, *, config_file: str | None = None,
 
 
 def load(model: str | None = None, *, device: str = "auto", precision: str = "fp32",
-         trust_remote_code: bool = False):
+         trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer) for a run folder, checkpoint, model folder, hub id or the default."""
     from lmtune.models import load as _load
     from lmtune.runtime import pick_device, pick_precision, torch_dtype
@@ -28,7 +28,7 @@ def load(model: str | None = None, *, device: str = "auto", precision: str = "fp
     dev = pick_device(device)
     dtype = torch_dtype(pick_precision(precision, dev))
     m, tok, _ = _load(None if model is None else str(model), dtype=dtype,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return m.to(dev), tok
 
 
@@ -48,7 +48,7 @@ def generate(model=None, prompts: list[str] | str | None = None, **options) -> l
     cfg = config_mod.build(GenerateConfig, opts)
     if m is None:
         m, tok = load(cfg.model, device=cfg.device, precision="fp32",
-                      trust_remote_code=cfg.trust_remote_code)
+                      trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     return run_generate(cfg, m, tok)
 
 

@@ -16,11 +16,13 @@ everything else to JSON.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,9 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmtune.errors import UserError
+from lmtune.trust import check_safetensors
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TMP_PREFIX = ".tmp-"
+# Tests set LMTUNE_KILL_AT=POINT@STEP to SIGKILL the process at one moment of a save (a kill
+# from outside cannot hit "after the optimizer file, before the manifest" reliably).
+KILL_AT = "LMTUNE_KILL_AT"
 
 
 def step_name(step: int) -> str:
@@ -87,9 +93,11 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
     tmp.mkdir()
     try:
         save_model(tmp / "model")
+        _kill_point("model", step)
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors")
         _write_json(tmp / "optimizer.json", meta)
+        _kill_point("optimizer", step)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -98,18 +106,27 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
         _write_json(tmp / "state.json", state)
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
         _write_json(tmp / "manifest.json", manifest)
+        _kill_point("manifest", step)
         if final.exists():  # a re-save of the same step (e.g. interrupt right after a save)
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
+        _kill_point("renamed", step)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}",
-                        hint="free disk space; earlier checkpoints were left as they were")
+        full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise UserError(f"could not write checkpoint {final}: {e.strerror or e}{full}",
+                        hint="free disk space, then resume with --resume; earlier checkpoints "
+                             "were left as they were")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     prune(ckpt_root, keep=keep, best_step=best_step)
     return final
+
+
+def _kill_point(point: str, step: int) -> None:
+    if os.environ.get(KILL_AT) == f"{point}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -128,7 +145,15 @@ def prune(ckpt_root: Path, *, keep: int, best_step: int | None) -> None:
         keepers.add(best_step)
     for s in steps:
         if s not in keepers:
-            shutil.rmtree(ckpt_root / step_name(s), ignore_errors=True)
+            _remove(ckpt_root / step_name(s))
+
+
+def _remove(folder: Path) -> None:
+    """Rename, then delete: a kill midway leaves a temporary folder (cleaned at the next
+    start), never a half-deleted checkpoint that still has its manifest."""
+    doomed = folder.with_name(TMP_PREFIX + "old-" + folder.name)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_partial(ckpt_root: Path) -> None:
@@ -168,6 +193,8 @@ def verify(folder: Path) -> None:
             raise UserError(f"checkpoint file {path} does not match its manifest (altered or "
                             f"truncated)", hint="delete that checkpoint folder to resume from "
                                                 "an older one")
+        if path.suffix == ".safetensors":  # a manifest can be rewritten along with the file
+            check_safetensors(path)
 
 
 def latest(ckpt_root: Path) -> Path | None:

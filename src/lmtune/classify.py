@@ -143,6 +143,7 @@ class Classification:
 
         refuse_classifier(resolved)
         return load_base(resolved, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle,
                          auto_class=AutoModelForSequenceClassification,
                          **head_config(self.names, tokenizer.pad_token_id))
 

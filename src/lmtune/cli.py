@@ -207,7 +207,8 @@ def run_generate_cmd(cfg: GenerateConfig) -> int:
     from lmtune.api import load, run_generate
 
     model, tokenizer = load(cfg.model, device=cfg.device, precision="fp32",
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code,
+                            allow_pickle=cfg.allow_pickle)
     from lmtune.cli_analysis import memorization_index, memorization_line
     copies = memorization_index(cfg, tokenizer)  # --check-memorization DATA, read up front
     samples = run_generate(cfg, model, tokenizer)

@@ -146,9 +146,15 @@ class TrainConfig(DataOptions):
                                "validation loss.", group="training")
     resume: bool = opt(False, "Continue the run in --out from its newest complete checkpoint.",
                        group="output")
+    force_resume: bool = opt(False, "With --resume: continue even though settings, data or "
+                             "base model differ from the run's (each change is reported).",
+                             group="output")
     overwrite: bool = opt(False, "Replace a previous run in --out.", group="output")
     trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.",
                                   group="model")
+    allow_pickle: bool = opt(False, "Allow a base model whose weights are only in pickle files "
+                             "(.bin, .pt); loaded with torch.load(weights_only=True). "
+                             "safetensors needs no such trust.", group="model")
     dry_run: bool = opt(False, "Print the data report and the plan, time a few steps, estimate "
                         "the time per epoch, and exit without training or writing anything.",
                         group="output")
@@ -177,6 +183,8 @@ class GenerateConfig:
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS)
     trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    allow_pickle: bool = opt(False, "Allow a model whose weights are only in pickle files "
+                             "(.bin, .pt); loaded with torch.load(weights_only=True).")
     check_memorization: str | None = opt(None, "Training data to check each sample against "
                                          "(read with the run's own template): the longest run "
                                          "of tokens copied from it and whether the sample is a "

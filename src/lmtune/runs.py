@@ -33,14 +33,40 @@ def holds_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / m).exists() for m in RUN_MARKERS)
 
 
-def check_out(out: Path, *, resume: bool, overwrite: bool, model_path: str | None) -> None:
-    """Refuse unsafe output folders before anything is loaded or written."""
+def check_out(out: Path, *, resume: bool, overwrite: bool, model_path: str | None,
+              data_path: str | None = None) -> None:
+    """Refuse unsafe output folders before anything is loaded or written.
+
+    Absolute paths are taken as meant. Refused: a relative path whose `..` leads out of the
+    current folder (a typo or a config file written elsewhere), a symlink (as --out or as a
+    run output inside it) whose target lies outside the folder it sits in, a folder that is or
+    holds the base model (--overwrite would delete it), one that would overwrite the data, and
+    a non-empty folder that holds no run."""
+    if not out.is_absolute() and ".." in out.parts:
+        here = Path.cwd().resolve()
+        if not (here / out).resolve().is_relative_to(here):
+            raise UserError(f"--out {out} leads outside the current folder (to "
+                            f"{(here / out).resolve()})",
+                            hint="pass it as an absolute path if that is where the run belongs")
+    _refuse_symlink_out(out, out.parent, f"--out {out}",
+                        "pass the real folder ({real}) if that is where the run belongs")
+    for name in RUN_OUTPUTS:
+        _refuse_symlink_out(out / name, out, f"{out / name}",
+                            "remove the link (--overwrite and prune would delete through it)")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file", hint="pass a folder path")
-    if model_path and out.exists() and Path(model_path).exists() and \
-            out.resolve() == Path(model_path).resolve():
-        raise UserError(f"--out {out} is the base model's own folder",
-                        hint="write the run to a new folder")
+    target = out.resolve()
+    if model_path and Path(model_path).exists():
+        model = Path(model_path).resolve()
+        if target == model or target in model.parents:
+            what = "is" if target == model else "holds"
+            raise UserError(f"--out {out} {what} the base model's own folder ({model})",
+                            hint="write the run to a new folder")
+    if data_path and Path(data_path).exists():
+        data = Path(data_path).resolve()
+        if any(data == target / n or (target / n) in data.parents for n in RUN_OUTPUTS):
+            raise UserError(f"the data {data_path} lies where the run writes its outputs in "
+                            f"--out {out}", hint="move the data file or pass another --out")
     if resume:
         if not holds_run(out) or not (out / "config.yaml").is_file():
             raise UserError(f"--resume: {out} holds no run to resume",
@@ -55,11 +81,22 @@ def check_out(out: Path, *, resume: bool, overwrite: bool, model_path: str | Non
                         hint="pass an empty or new folder as --out")
 
 
+def _refuse_symlink_out(path: Path, within: Path, what: str, hint: str) -> None:
+    if not path.is_symlink():
+        return
+    real, home = path.resolve(), within.resolve()
+    if real != home and not real.is_relative_to(home):
+        raise UserError(f"{what} is a symlink to {real}, outside {home}",
+                        hint=hint.format(real=real))
+
+
 def clear_run(out: Path) -> None:
     """--overwrite: remove what a run wrote, nothing else."""
     for name in RUN_OUTPUTS + (RUN_FILE,):
         p = out / name
-        if p.is_dir():
+        if p.is_symlink():  # the link goes, never what it points to
+            p.unlink()
+        elif p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()

@@ -66,13 +66,15 @@ class LanguageModeling:
                         data_hash=splits.key,
                         summary={"train_examples": len(train_docs),
                                  "val_examples": len(val_docs) if val_docs else 0,
-                                 "train_tokens": train_docs.n_tokens, "stats": splits.stats})
+                                 "train_tokens": train_docs.n_tokens, "stats": splits.stats},
+                        messages=_long_examples(train_docs, plan.block_size, cfg.pack))
 
     def load_model(self, resolved, cfg: TrainConfig, tokenizer):
         from lmtune.models import load_base, refuse_classifier
 
         refuse_classifier(resolved)
-        return load_base(resolved, trust_remote_code=cfg.trust_remote_code)
+        return load_base(resolved, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle)
 
     def loss_sum(self, model, batch, device):
         from lmtune.loss import loss_sum
@@ -90,6 +92,18 @@ class LanguageModeling:
 
     def info(self) -> dict:
         return {"task": self.name}
+
+
+def _long_examples(docs, block_size: int, pack: bool) -> list[str]:
+    """Examples longer than a block are split, never dropped or cut: say how many."""
+    lengths = docs.lengths
+    n_long = int((lengths > block_size).sum())
+    if not n_long:
+        return []
+    how = ("continue across blocks (packing)" if pack
+           else "are cut into block-sized rows (--no-pack); nothing is dropped")
+    return [f"{n_long} of {len(lengths)} training examples are longer than the {block_size}-token "
+            f"block (longest {int(lengths.max())} tokens) and {how}"]
 
 
 def task_for(cfg: TrainConfig):

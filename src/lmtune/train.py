@@ -8,6 +8,7 @@ returns a `TrainResult`; it prints nothing itself.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import signal
 import threading
@@ -42,7 +43,7 @@ from lmtune.tasks import task_for
 RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
                      "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
                      "keep", "patience", "device", "out", "data", "val_data", "report",
-                     "dry_run"}
+                     "dry_run", "force_resume", "allow_pickle"}
 MAX_BAD_STEPS = 5
 EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
 
@@ -86,7 +87,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     out = Path(cfg.out) if cfg.out else default_out(cfg.data)
     # The folder checks run before the model is resolved: resolving the default model may
     # convert it first (about 20 s), and a wrong --out should not wait for that.
-    check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model)
+    check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model,
+              data_path=cfg.data)
     resolved = resolve(cfg.model)
     if resolved.adapter is not None:
         raise UserError(f"--model {cfg.model} is a LoRA adapter",
@@ -102,7 +104,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     cfg, plan, train_set, val_set = data.cfg, data.plan, data.train_set, data.val_set
     cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
     data_hash = data.data_hash
-    start = _read_resume_state(out, cfg, data_hash) if cfg.resume else None
+    start, changes = _read_resume_state(out, cfg, data_hash) if cfg.resume else (None, [])
 
     # --- model, method, precision
     set_threads()
@@ -133,7 +135,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     state = {"step": 0, "tokens": 0, "best_score": None, "best_rank": None, "best_step": None,
              "bad_evals": 0, "skipped_steps": 0, "data_hash": data_hash}
     if start is not None:
-        state.update(checkpoint.read_state(start))
+        state.update(checkpoint.read_state(start), data_hash=data_hash)  # new if forced
         checkpoint.load_optimizer(start, optimizer)
         with warnings.catch_warnings():  # torch warns when stepping before optimizer.step()
             warnings.simplefilter("ignore")
@@ -152,6 +154,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
                    "start_step": state["step"], "lr": cfg.lr})
     for text in data.messages:
         emit("message", {"text": text})
+    for change in changes:
+        emit("message", {"text": f"--force-resume: {change}"})
     if cfg.dry_run:  # the plan above, a data report and a few timed steps; nothing is written
         from lmtune.dryrun import dry_run
         return dry_run(cfg, plan, model, optimizer, accelerator, train_set, val_set, tokenizer,
@@ -167,7 +171,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             # After a crash the logs run past the checkpoint; those steps run again.
             for name in ("metrics.jsonl", "samples.jsonl"):
                 drop_records_after(out / name, state["step"])
-        (out / "config.yaml").write_text(config_mod.to_yaml(cfg), encoding="utf-8")
+        # --force-resume is saved off: a later plain --resume (which starts from this file)
+        # must check its settings again.
+        saved = dataclasses.replace(cfg, force_resume=False)
+        (out / "config.yaml").write_text(config_mod.to_yaml(saved), encoding="utf-8")
         info = {**run_info(cfg, _base_name(cfg.model, resolved)), **task.info()}
         stop = _StopFlag()
         stop.install()
@@ -175,6 +182,12 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             with reuse_freed_memory():
                 return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
                             train_set, val_set, state, info, emit, start, stop, task)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(f"disk full while writing {e.filename or out}: {e.strerror}",
+                            hint=f"free disk space, then resume with: lmtune train --resume "
+                                 f"--out {out}") from None
         finally:
             stop.restore()
 
@@ -216,6 +229,13 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
         metrics.write(copy_summary(step, checks))
 
     def save_now(step: int) -> Path:
+        # Skipped updates keep NaN out of the weights; this catches what still got in (an
+        # overflow inside the optimizer), so no checkpoint ever holds a non-finite weight.
+        if not torch.stack([torch.isfinite(p).all() for p in params]).all():
+            raise UserError(f"the weights became non-finite at step {step}; no checkpoint "
+                            f"was written for it", hint="lower --lr, or use --precision fp32 "
+                                                        "or bf16 instead of fp16; resume from "
+                                                        "the last checkpoint with --resume")
         path = checkpoint.save(
             out / "checkpoints", step, optimizer=optimizer, keep=cfg.keep,
             best_step=state["best_step"], state=dict(state, step=step),
@@ -286,6 +306,8 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                           "grad_norm": round(float(grad_norm), 4)}
                 if peak:
                     record["mfu"] = round(record["tokens_per_s"] * flops_tok / peak, 4)
+                if state["skipped_steps"]:  # updates skipped for a non-finite gradient so far
+                    record["skipped_steps"] = state["skipped_steps"]
                 metrics.write(record)
                 emit("log", record)
                 window_loss.zero_()
@@ -337,26 +359,34 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers.
 
-def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> Path:
+def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> tuple[Path, list[str]]:
+    """The checkpoint to resume from, and what changed since the run started (refused unless
+    --force-resume; then the changes are reported)."""
     saved = config_mod.build(TrainConfig, {}, str(out / "config.yaml"))
+    changes = []
     for f in dataclasses.fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES:
             continue
         old, new = getattr(saved, f.name), getattr(cfg, f.name)
         if old != new:
             flag = "--" + f.name.replace("_", "-")
-            raise UserError(f"cannot resume {out}: {flag} changed from {old!r} to {new!r}",
-                            hint=f"resume with the run's own settings (drop {flag}), or start "
-                                 f"a new run with another --out")
+            if not cfg.force_resume:
+                raise UserError(f"cannot resume {out}: {flag} changed from {old!r} to {new!r}",
+                                hint=f"resume with the run's own settings (drop {flag}), start "
+                                     f"a new run with another --out, or pass --force-resume")
+            changes.append(f"{flag} changed from {old!r} to {new!r}")
     ckpt = checkpoint.latest(out / "checkpoints")
     if ckpt is None:
         raise UserError(f"cannot resume {out}: it has no complete checkpoint",
                         hint="start it again with --overwrite")
     checkpoint.verify(ckpt)
     if checkpoint.read_state(ckpt).get("data_hash") != data_hash:
-        raise UserError(f"cannot resume {out}: the training data changed since the checkpoint",
-                        hint="resume with the same data, or start a new run")
-    return ckpt
+        if not cfg.force_resume:
+            raise UserError(f"cannot resume {out}: the training data changed since the "
+                            f"checkpoint", hint="resume with the same data, start a new run, "
+                                                "or pass --force-resume")
+        changes.append("the training data changed since the checkpoint")
+    return ckpt, changes
 
 
 def _peek_config(resolved, trust_remote_code: bool):
@@ -385,7 +415,12 @@ def _load_weights(model, folder: Path) -> None:
     missing = {n for n, _ in model.named_parameters()}
     for f in sorted(folder.glob("*.safetensors")):
         sd = load_file(f)
-        model.load_state_dict(sd, strict=False)
+        try:
+            model.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shapes differ: --force-resume onto another base model
+            raise UserError(f"checkpoint weights in {f} do not fit the model "
+                            f"({str(e).splitlines()[-1].strip()})",
+                            hint="resume with the run's own --model") from None
         missing -= set(sd)
     head = model.get_output_embeddings()  # None for a classifier: it has a label head
     tied = {n for n, p in model.named_parameters() if head is not None and p is head.weight}

@@ -47,6 +47,7 @@ def test_streamed_text_pieces_equal_in_memory_tokenization(tmp_path, tokenizer, 
     assert got.stats["documents"] == len(got.docs) and not got.cached
 
 
+@pytest.mark.faults
 def test_one_large_document_is_tokenized_in_pieces_without_losing_text(tmp_path, tokenizer,
                                                                         monkeypatch):
     path = tmp_path / "book.txt"
@@ -83,6 +84,7 @@ def test_structured_formats_go_through_the_cache_too(tmp_path, tokenizer):
           _in_memory(path, opts, tokenizer))
 
 
+@pytest.mark.faults
 def test_undecodable_bytes_name_the_line_and_leave_no_cache(tmp_path, tokenizer, monkeypatch):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine line\n" * 30 + b"bad \xff byte\n")
@@ -94,6 +96,7 @@ def test_undecodable_bytes_name_the_line_and_leave_no_cache(tmp_path, tokenizer,
     assert not list(root.iterdir())
 
 
+@pytest.mark.faults
 def test_whitespace_only_text_is_an_empty_file_error(tmp_path, tokenizer):
     path = tmp_path / "blank.txt"
     path.write_text(" \n\n  \n", encoding="utf-8")

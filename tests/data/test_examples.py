@@ -33,6 +33,7 @@ def test_column_picks_the_field_and_converts_to_str():
     assert build_examples(QUOTES, source="d", column="year") == [Example("", "1843"), Example("", "1900")]
 
 
+@pytest.mark.faults
 def test_unknown_column_lists_fields():
     with pytest.raises(UserError, match="'Quote', which d.csv does not have; available fields: author, quote, year"):
         build_examples(QUOTES, source="d.csv", column="Quote")
@@ -43,6 +44,7 @@ def test_template_renders_fields_and_literal_braces():
     assert out == [Example("", '{1843} Quote by Ada: "Hi"'), Example("", '{1900} Quote by Bob: "Yo"')]
 
 
+@pytest.mark.faults
 def test_template_with_unknown_field_names_field_file_and_sorted_fields():
     with pytest.raises(UserError) as e:
         build_examples(QUOTES, source="quotes.csv", template="{author}: {text}")
@@ -55,6 +57,7 @@ def test_template_field_names_may_contain_spaces_and_dots_when_they_exist():
     assert build_examples(records, source="d", template="{first name}/{meta.x}") == [Example("", "Ada/1")]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("template", ["{author.__class__}", "{author[0]}", "{}", "{0}", "{year:.2f}", "{author!r}"])
 def test_template_rejects_access_positional_and_format_specs(template):
     with pytest.raises(UserError, match="template"):
@@ -98,6 +101,7 @@ def test_missing_values_and_empty_text_are_dropped_and_counted():
     assert stats == {"records": 6, "dropped_empty": 1, "dropped_missing": 3}
 
 
+@pytest.mark.faults
 def test_all_empty_is_an_error_naming_the_file():
     with pytest.raises(UserError, match=r"no examples in d.jsonl after templating \(2 records"):
         build_examples([{"text": " "}, {"text": ""}], source="d.jsonl")

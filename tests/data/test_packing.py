@@ -103,6 +103,7 @@ def test_resuming_at_start_equals_the_tail_and_skips_building_earlier_batches(cl
         assert len(built) == len(full) - k
 
 
+@pytest.mark.faults
 def test_data_smaller_than_one_block_is_one_short_block():
     docs = make_docs([3, 4])
     (batch,) = PackedDataset(docs, 100, shuffle=False).batches(0, 8)
@@ -143,6 +144,7 @@ def test_eos_is_a_target_unless_it_starts_a_block(tokenizer_no_bos):
     assert stream_pos == docs.n_tokens
 
 
+@pytest.mark.faults
 def test_padded_rows_split_long_documents_and_drop_nothing():
     lengths = [3, 10, 4, 9]
     docs = make_docs(lengths)

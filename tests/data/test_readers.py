@@ -61,6 +61,7 @@ def test_tsv_round_trip(tmp_path):
     assert read_records(f) == [{"a": "1", "b": "x, y"}]
 
 
+@pytest.mark.faults
 def test_csv_row_with_wrong_field_count_names_line(tmp_path):
     f = write(tmp_path / "q.csv", 'a,b\n1,"two\nlines"\n3,4,5\n')
     with pytest.raises(UserError, match=r"q\.csv line 4: 3 fields but the header has 2") as e:
@@ -68,6 +69,7 @@ def test_csv_row_with_wrong_field_count_names_line(tmp_path):
     assert "quote" in e.value.hint
 
 
+@pytest.mark.faults
 def test_csv_unterminated_quote_names_the_line_where_it_opens(tmp_path):
     f = write(tmp_path / "q.csv", 'a,b\n1,"oops\n2,3\n')
     with pytest.raises(UserError, match=r"q\.csv line 2: malformed CSV"):
@@ -85,6 +87,7 @@ def test_jsonl_keeps_values_and_skips_blank_lines(tmp_path):
     assert read_records(f) == [rows[0], {"text": "bare string"}]
 
 
+@pytest.mark.faults
 def test_jsonl_invalid_line_named(tmp_path):
     f = write(tmp_path / "d.jsonl", '{"text": "a"}\n\n{"text": oops}\n')
     with pytest.raises(UserError, match=r"d\.jsonl line 3: invalid JSON"):
@@ -128,6 +131,7 @@ def test_parquet_that_is_not_parquet(tmp_path):
         read_records(write(tmp_path / "d.parquet", "text\nhello\n"))
 
 
+@pytest.mark.faults
 def test_undecodable_bytes_name_file_and_line_and_hint_encoding(tmp_path):
     f = tmp_path / "latin.txt"
     f.write_bytes("first\nsecond\ncaf\u00e9\n".encode("latin-1"))
@@ -147,6 +151,7 @@ def test_missing_path(tmp_path):
         read_records(tmp_path / "nope.txt")
 
 
+@pytest.mark.faults
 def test_unknown_extension_lists_formats_and_format_overrides(tmp_path):
     f = write(tmp_path / "notes.log", "hello")
     with pytest.raises(UserError, match="'.log'; formats: " + ", ".join(FORMATS)) as e:
@@ -157,6 +162,7 @@ def test_unknown_extension_lists_formats_and_format_overrides(tmp_path):
         read_records(f, fmt="xml")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("name", ["a.txt", "a.csv", "a.jsonl", "a.json"])
 def test_empty_or_whitespace_file(tmp_path, name):
     with pytest.raises(UserError, match=f"{name} is empty"):

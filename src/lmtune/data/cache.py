@@ -39,6 +39,9 @@ CACHE_VERSION = 1
 READ_BLOCK = 1 << 22          # bytes read from disk at a time
 TEXT_CHUNK = 1 << 18          # characters per tokenizer input when one document is huge
 EXAMPLES_PER_CHUNK = 20_000   # examples tokenized (and held) at a time
+# A --split-on piece is tokenized whole, so it is held whole: past this many characters (16 M,
+# some 4 M tokens) it is an error, so a 1 GB line costs 20 MB of memory, not gigabytes.
+MAX_PIECE = 1 << 24
 OPTION_FIELDS = ("format", "column", "template", "prompt_template", "completion_template",
                  "split_on", "encoding")
 
@@ -200,7 +203,7 @@ def _stream_text_file(writer: _Writer, path: Path, opts, tokenizer) -> dict:
     if separator is None:
         return _stream_one_document(writer, path, opts.encoding, tokenizer)
     n_pieces, pending = 0, []
-    for piece in _split_stream(_decoded_blocks(path, opts.encoding), separator):
+    for piece in _split_stream(_decoded_blocks(path, opts.encoding), separator, path):
         pending.append(Example("", piece))
         n_pieces += 1
         if len(pending) >= EXAMPLES_PER_CHUNK:
@@ -220,10 +223,11 @@ def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer) 
     start, eos = start_token_id(tokenizer), _eos_token_id(tokenizer)
     pieces: list[str] = []
     first = True
-    wrote_start = False
+    wrote_start = has_text = False
     for chunk in _line_aligned(_decoded_blocks(path, encoding)):
         if first:
             chunk, first = chunk.lstrip(" \r\n"), False
+        has_text = has_text or not chunk.isspace()  # tabs only is still an empty file
         pieces.append(chunk)
         if len(pieces) >= 9:  # 2 MB per call: enough to keep every core busy
             wrote_start = _flush(writer, pieces[:-1], tokenizer, start, wrote_start)
@@ -233,7 +237,7 @@ def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer) 
         pieces = [p for p in pieces if p]
     if pieces:
         wrote_start = _flush(writer, pieces, tokenizer, start, wrote_start)
-    if not wrote_start:
+    if not wrote_start or not has_text:
         raise UserError(f"{path} is empty", hint="point to a file that contains text")
     writer.add_tokens(np.array([eos]), True)
     writer.end_doc()
@@ -291,14 +295,22 @@ def _line_aligned(blocks: Iterator[str]) -> Iterator[str]:
         yield buf
 
 
-def _split_stream(blocks: Iterator[str], separator: str) -> Iterator[str]:
-    buf = ""
+def _split_stream(blocks: Iterator[str], separator: str, path: Path) -> Iterator[str]:
+    buf, line = "", 1
     for block in blocks:
+        seen = max(0, len(buf) - len(separator) + 1)  # where a separator may start
         buf += block
-        parts = buf.split(separator)
-        buf = parts.pop()  # the last part may continue in the next block
-        for p in parts:
-            if p.strip():
-                yield p.strip(" \r\n")
+        if separator in buf[seen:]:
+            parts = buf.split(separator)
+            buf = parts.pop()  # the last part may continue in the next block
+            for p in parts:
+                if p.strip():
+                    yield p.strip(" \r\n")
+                line += p.count("\n") + separator.count("\n")
+        if len(buf) > MAX_PIECE:
+            raise UserError(f"{path} line {line}: a piece of more than {MAX_PIECE >> 20} M "
+                            f"characters before the next {separator!r}; --split-on pieces are "
+                            f"read whole", hint="split that text further, or drop --split-on "
+                                                "to read the file as one document (streamed)")
     if buf.strip():
         yield buf.strip(" \r\n")

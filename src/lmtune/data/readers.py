@@ -56,7 +56,30 @@ def read_records(path: str | Path, fmt: str | None = None, encoding: str = "utf-
     return _read_json(path, text)
 
 
+# Compressed files are refused rather than expanded: a few kilobytes of gzip can expand to
+# gigabytes (a "zip bomb"), and the user can decompress knowingly with the tools they trust.
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".bz2": "bzip2", ".xz": "xz",
+                        ".zst": "zstd", ".zip": "zip", ".7z": "7z", ".lz4": "lz4"}
+_COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"\xfd7zXZ\x00", "xz"),
+                     (b"(\xb5/\xfd", "zstd"), (b"7z\xbc\xaf\x27\x1c", "7z"))
+
+
+def _refuse_compressed(path: Path) -> None:
+    kind = _COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    if kind is None and path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(10)
+        kind = next((k for magic, k in _COMPRESSED_MAGIC if head.startswith(magic)), None)
+        if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+            kind = "bzip2"
+    if kind:
+        raise UserError(f"{path} is a {kind}-compressed file; lmtune reads uncompressed data "
+                        f"only", hint="decompress it first (e.g. gunzip -k FILE or unzip FILE) "
+                                      "and pass the extracted file")
+
+
 def _resolve_format(path: Path, fmt: str | None) -> str:
+    _refuse_compressed(path)
     if fmt is not None:
         fmt = fmt.lower().lstrip(".")
         if fmt not in FORMATS:
