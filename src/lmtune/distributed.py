@@ -140,10 +140,10 @@ class World:
         weights = optim = None
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            weights = get_model_state_dict(model, options=options)
-            optim = get_optimizer_state_dict(model, optimizer, options=options)
+                StateDictOptions, get_optimizer_state_dict)
+            weights = self.full_weights(model)
+            optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
         return Gathered(weights=weights, optimizer=optim, rng=self._gather_rng())
 
     def full_weights(self, model) -> dict | None:
@@ -153,8 +153,13 @@ class World:
             return None
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_model_state_dict)
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                     cpu_offload=True))
+        # The gathered dict names a tied weight twice (GPT-2's LM head is its embedding);
+        # the saved model, like save_pretrained's own, holds it once.
+        tied = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+                - {n for n, _ in model.named_parameters()})
+        return {k: v for k, v in full.items() if k not in tied}
 
     def load_optimizer(self, folder, model, optimizer) -> None:
         from lmtune import checkpoint
