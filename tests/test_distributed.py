@@ -112,9 +112,8 @@ def _max_diff(a: Path, b: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_gpt2, tmp_path_factory):
+def setup(tiny_gpt2, session_lines, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    from conftest import write_lines
     no_dropout = root / "tiny-gpt2-no-dropout"
     no_dropout.mkdir()
     for f in tiny_gpt2.iterdir():
@@ -122,7 +121,7 @@ def setup(tiny_gpt2, tmp_path_factory):
     cfg = json.loads((tiny_gpt2 / "config.json").read_text())
     cfg.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     (no_dropout / "config.json").write_text(json.dumps(cfg))
-    return {"root": root, "data": write_lines(root / "lines.txt"), "model": no_dropout,
+    return {"root": root, "data": session_lines, "model": no_dropout,
             "dropout_model": tiny_gpt2, "env": _env(root / "home")}
 
 
