@@ -4,7 +4,8 @@ A checkpoint is a folder `checkpoints/step-000100/`:
   model/                  the weights as a loadable artifact (LoRA adapter in PEFT format, or
                           the whole model), with the tokenizer and lmtune.json
   optimizer.safetensors   optimizer tensors; optimizer.json holds the rest of its state
-  rng.safetensors         torch RNG states (dropout must continue where it stopped)
+  rng.safetensors         torch RNG states (dropout must continue where it stopped); under
+                          several processes every rank's, as rank<r>.cpu and rank<r>.cuda
   state.json              step, data position, counters, best validation loss
   manifest.json           sha256 of every file above, written last
 
@@ -72,10 +73,15 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+    # A parameter is its index, or under FSDP its dotted name (the full state is keyed by
+    # name); the state's own keys (exp_avg, step) have no dots.
+    def param(i: str):
+        return int(i) if i.isdigit() else i
+
+    state: dict[Any, dict[str, Any]] = {param(i): dict(v) for i, v in meta["state"].items()}
     for name, tensor in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = tensor
+        idx, key = name.rsplit(".", 1)
+        state.setdefault(param(idx), {})[key] = tensor
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -83,9 +89,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 # Saving.
 
 def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], optimizer,
-         state: dict, keep: int, best_step: int | None) -> Path:
+         state: dict, keep: int, best_step: int | None, optimizer_state: dict | None = None,
+         rng: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint `step` atomically, then prune old ones (only after the new one is
-    complete, so a failed save never costs the previous checkpoints)."""
+    complete, so a failed save never costs the previous checkpoints). `optimizer_state` and
+    `rng` replace this process's own when the caller gathered them from every rank."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_name(step)
     tmp = ckpt_root / (TMP_PREFIX + step_name(step))
@@ -94,15 +102,11 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
     try:
         save_model(tmp / "model")
         _kill_point("model", step)
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        tensors, meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors")
         _write_json(tmp / "optimizer.json", meta)
         _kill_point("optimizer", step)
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"cuda{i}"] = s
-        save_file(rng, tmp / "rng.safetensors")
+        save_file(rng or _rng_states(), tmp / "rng.safetensors")
         _write_json(tmp / "state.json", state)
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
         _write_json(tmp / "manifest.json", manifest)
@@ -127,6 +131,14 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
 def _kill_point(point: str, step: int) -> None:
     if os.environ.get(KILL_AT) == f"{point}@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda{i}"] = s
+    return rng
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -206,10 +218,13 @@ def read_state(folder: Path) -> dict:
     return json.loads((folder / "state.json").read_text(encoding="utf-8"))
 
 
-def load_optimizer(folder: Path, optimizer) -> None:
+def read_optimizer(folder: Path) -> dict:
     meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"),
-                                                    meta))
+    return _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta)
+
+
+def load_optimizer(folder: Path, optimizer) -> None:
+    optimizer.load_state_dict(read_optimizer(folder))
 
 
 def restore_rng(folder: Path) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lmtune.classify_data import (TextDataset, is_plain_text, label_ids, label_set,
                                   read_labelled, stratified_split, tokenize_texts)
+from lmtune import distributed
 from lmtune.classify_metrics import classification_metrics
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
@@ -74,7 +75,8 @@ class Classification:
             problems.append("--sample-prompt/--sample-every: a classifier generates no samples")
         return problems
 
-    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int) -> Prepared:
+    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int,
+                world: int = 1) -> Prepared:
         from lmtune.plan import plan_classify
 
         def read(path: str):
@@ -96,7 +98,8 @@ class Classification:
             texts, labels = [data.texts[i] for i in train_rows], ids[train_rows]
             val_texts, val_labels = [data.texts[i] for i in val_rows], ids[val_rows]
         full = tokenize_texts(texts, tokenizer)
-        cfg, plan = plan_classify(cfg, lengths=full.lengths, context=context, n_layers=n_layers)
+        cfg, plan = plan_classify(cfg, lengths=full.lengths, context=context, n_layers=n_layers,
+                                  world=world)
         self.max_length = plan.block_size
         train = full.cut(self.max_length, labels)
         valid = (tokenize_texts(val_texts, tokenizer, self.max_length, val_labels)
@@ -163,6 +166,9 @@ class Classification:
             labels.append(batch.labels)
         model.train(was_training)
         logits, labels = torch.cat(logits), torch.cat(labels)  # (N, C), (N,)
+        if distributed.active():  # every rank's rows; stand-ins for empty shares have -100
+            logits, labels = distributed.gather_rows(logits, labels)
+            logits, labels = logits[labels >= 0], labels[labels >= 0]
         loss = F.cross_entropy(logits, labels, weight=self.weights, reduction="sum") / len(labels)
         got = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), self.names)
         return {"val_loss": round(loss.item(), 6), **{k: round(got[k], 4) for k in METRICS}}

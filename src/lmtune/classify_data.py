@@ -24,6 +24,7 @@ import torch
 
 from lmtune.data import read_records, start_token_id
 from lmtune.data.examples import record_texts
+from lmtune.data.packing import no_targets
 from lmtune.errors import UserError
 
 GROUP_BATCHES = 16  # batches per length group: longer groups pad less but shuffle less
@@ -272,9 +273,13 @@ class TextDataset:
             batches += [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def batches(self, epoch: int, batch_size: int, start: int = 0) -> Iterator[ClassBatch]:
-        for rows in self._order(epoch, batch_size)[start:]:
-            yield self._batch(rows)
+    def batches(self, epoch: int, batch_size: int, start: int = 0, *, rank: int = 0,
+                world: int = 1) -> Iterator[ClassBatch]:
+        """Under `world` processes, process `rank` takes its share of each batch that one
+        process with `batch_size * world` would make (as in data/packing.py)."""
+        for rows in self._order(epoch, batch_size * world)[start:]:
+            mine = rows[rank * batch_size:(rank + 1) * batch_size]
+            yield self._batch(mine) if len(mine) else no_targets(self._batch(rows[:1]))
 
     def _batch(self, rows: np.ndarray) -> ClassBatch:
         t = self.texts

@@ -158,17 +158,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(e: UserError) -> None:
-    print(f"error: {e.message}", file=sys.stderr)
+    rank = os.environ.get("RANK", "0")  # set by torchrun; rank 0 speaks plainly
+    where = "" if rank == "0" else f"[rank {rank}] "
+    print(f"error: {where}{e.message}", file=sys.stderr)
     if e.hint:
         print(f"hint: {e.hint}", file=sys.stderr)
 
 
 def run_train(cfg: TrainConfig) -> int:
+    from lmtune import distributed, launch
     from lmtune.console import TrainConsole
     from lmtune.train import train
 
     with TrainConsole() as console:
-        result = train(cfg, on_event=console)
+        try:
+            result = train(cfg, on_event=console)
+        finally:
+            distributed.close()
+    if os.environ.get("RANK", "0") != "0":  # under a launcher, rank 0 speaks for the run
+        return 0
+    if os.environ.get(launch.RESULT_ENV):  # a worker of --devices: the launching lmtune prints
+        launch.hand_back(result)
+        return 0
     if cfg.dry_run:
         from lmtune.cli_analysis import print_dry_run
         return print_dry_run(result)

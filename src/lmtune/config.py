@@ -126,6 +126,14 @@ class TrainConfig(DataOptions):
                          "support it, else fp32; fp16 only on CUDA (GPT-2/Neo overflow in it).",
                          choices=PRECISIONS, group="training")
     device: str = opt("auto", "Device to train on.", choices=DEVICES, group="training")
+    devices: int = opt(1, "Train on this many processes on this machine, one per GPU (on the "
+                       "CPU, processes that share the cores): lmtune starts itself under "
+                       "torchrun. Under torchrun or accelerate launch leave it out; the "
+                       "launcher sets the number.", group="distributed")
+    fsdp: bool = opt(False, "With several processes and --method full or freeze: shard the "
+                     "weights, gradients and optimizer state over the processes (torch FSDP2) "
+                     "instead of keeping a whole copy on each (DDP), for models too large for "
+                     "one device.", group="distributed")
     log_every: int = opt(10, "Optimizer steps between metrics.jsonl records.", group="logging")
     eval_every: int | None = opt(None, "Steps between validation passes (default: about 5 per "
                                  "run); always at the end.", group="logging")

@@ -48,15 +48,22 @@ class TrainConsole:
                  f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
                  f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
         per_step = d["tokens_per_step"]
+        world = d.get("world_size", 1)
+        procs = f" x {world} processes" if world > 1 else ""
         if d.get("task") == "classify":
             self.say(f"plan: {d['batch_size']} texts per batch (cut at {d['block_size']} tokens) "
-                     f"x accumulation {d['grad_accum']}, {d['steps_per_epoch']} steps per epoch, "
-                     f"{d['total_steps']} steps, lr {d['lr']}")
+                     f"x accumulation {d['grad_accum']}{procs}, {d['steps_per_epoch']} steps "
+                     f"per epoch, {d['total_steps']} steps, lr {d['lr']}")
         else:
             self.say(f"plan: {per_step} tokens per step (batch {d['batch_size']} x block "
-                     f"{d['block_size']} x accumulation {d['grad_accum']}), "
+                     f"{d['block_size']} x accumulation {d['grad_accum']}{procs}), "
                      f"{d['steps_per_epoch']} steps per epoch, {d['total_steps']} steps, "
                      f"lr {d['lr']}")
+        if world > 1:
+            self.say(f"distributed: {world} processes, global batch {d['global_batch']} "
+                     f"{'texts' if d.get('task') == 'classify' else 'blocks'} per step "
+                     f"({d['batch_size']} per device x accumulation {d['grad_accum']} x "
+                     f"{world})")
         if d["train_tokens"] < per_step and d.get("task") != "classify":
             self.say(f"note: the training data ({d['train_tokens']} tokens) is smaller than one "
                      f"step; every step sees all of it")

@@ -54,8 +54,11 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
              max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 50,
              top_p: float = 0.95, repetition_penalty: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None, chat: bool = False) -> list[Sample]:
-    """`n` samples for each prompt (an empty prompt list means one unconditional prompt)."""
+             stop: list[str] | None = None, chat: bool = False,
+             synced: bool = False) -> list[Sample]:
+    """`n` samples for each prompt (an empty prompt list means one unconditional prompt).
+    `synced`: every rank of an FSDP model calls this, and each keeps running forward passes
+    until all are done (a rank that stopped early would leave the others waiting)."""
     from transformers import GenerationConfig
 
     if n < 1 or max_new_tokens < 1:
@@ -83,7 +86,8 @@ def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              generation_config=gen_config,
-                             tokenizer=tokenizer if stop else None)
+                             tokenizer=tokenizer if stop else None,
+                             **({"synced_gpus": True} if synced else {}))
     model.train(was_training)
     new = out[:, ids.shape[1]:].cpu()
     samples = []

@@ -43,15 +43,18 @@ def model_inputs(model, batch, device) -> dict:
     inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
     if batch.attention_mask is not None:
         inputs["attention_mask"] = batch.attention_mask.to(device, non_blocking=True)
-    elif "flash" not in str(getattr(model.config, "_attn_implementation", "")):
+    elif "flash" not in str(getattr(getattr(model, "module", model).config,  # DDP: .module
+                                    "_attn_implementation", "")):
         inputs["attention_mask"] = packed_attention_mask(position_ids)
     return inputs
 
 
 def _chunked_ok(model) -> bool:
-    inner = getattr(model, "module", model)  # DDP/FSDP wrappers keep the model in .module
+    inner = getattr(model, "module", model)  # the DDP wrapper keeps the model in .module
     if inner not in _CHUNKED:
-        _CHUNKED[inner] = supports_chunked_loss(inner)
+        # FSDP2 reshards the LM head's weight when the forward ends, so the chunked loss,
+        # which reads that weight after the forward, takes the ordinary path there.
+        _CHUNKED[inner] = supports_chunked_loss(inner) and not _is_fsdp(inner)
     return _CHUNKED[inner]
 
 
@@ -68,6 +71,14 @@ def _backbone(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
     inner = getattr(base, getattr(base, "base_model_prefix", ""), None)
     return inner if isinstance(inner, torch.nn.Module) and inner is not base else None
+
+
+def _is_fsdp(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def loss_sum(model, batch, device, chunked: bool = True) -> torch.Tensor:

@@ -40,10 +40,14 @@ class Plan:
     tokens_per_step: int
 
 
-def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: int):
+def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: int,
+             world: int = 1):
     """Fill every `None` of `cfg` that depends on the data; return (cfg, Plan).
 
-    `n_blocks_for(block_size)` counts the training blocks (rows) at a block size."""
+    `n_blocks_for(block_size)` counts the training blocks (rows) at a block size. Under
+    `world` processes a step reads batch_size x grad_accum x world blocks; a batch size chosen
+    here is the one-process choice split over the processes, so more devices train the same
+    steps faster (an explicit --batch-size is per device)."""
     cap = min(MAX_BLOCK, context)
     if cfg.block_size is not None and cfg.block_size > context:
         raise UserError(f"--block-size {cfg.block_size} is above the model's context of "
@@ -52,17 +56,18 @@ def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: 
         raise UserError("--block-size must be at least 2")
     target = tokens_per_step(n_train_tokens)
     block = cfg.block_size or min(cap, max(64, target // (cfg.batch_size or 1)))
-    batch = cfg.batch_size or max(1, target // block)
+    batch = cfg.batch_size or max(1, target // block // world)
     n_blocks = n_blocks_for(block)
-    micro_per_epoch = math.ceil(n_blocks / batch)
+    micro_per_epoch = math.ceil(n_blocks / (batch * world))
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     cfg = fill_schedule(cfg, total, n_layers, block_size=block, batch_size=batch)
     return cfg, Plan(block_size=block, batch_size=batch, steps_per_epoch=steps_per_epoch,
-                     total_steps=total, tokens_per_step=block * batch * cfg.grad_accum)
+                     total_steps=total,
+                     tokens_per_step=block * batch * cfg.grad_accum * world)
 
 
-def plan_classify(cfg, *, lengths, context: int, n_layers: int):
+def plan_classify(cfg, *, lengths, context: int, n_layers: int, world: int = 1):
     """The same for --task classify, where a row is one text (never packed): texts are cut at
     `block_size` tokens (default: CLASSIFY_MAX_LENGTH or the model's context; the cut applies
     to predictions too, so it is not the longest training text) and a batch holds about
@@ -75,15 +80,16 @@ def plan_classify(cfg, *, lengths, context: int, n_layers: int):
     max_length = cfg.block_size or min(CLASSIFY_MAX_LENGTH, context)
     # Batches are padded to their longest text, so the data, not the cut, sizes a step.
     by_tokens = max(1, MAX_TOKENS_PER_STEP // min(max_length, int(max(lengths))))
-    batch = cfg.batch_size or min(by_tokens, max(4, min(32, _pow2_floor(
-        len(lengths) / TARGET_STEPS_PER_EPOCH))))
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(lengths) / batch) / cfg.grad_accum))
+    batch = cfg.batch_size or max(1, min(by_tokens, max(4, min(32, _pow2_floor(
+        len(lengths) / TARGET_STEPS_PER_EPOCH)))) // world)
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(lengths) / (batch * world))
+                                       / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     cfg = fill_schedule(dataclasses.replace(cfg, sample_every=0), total, n_layers,
                         block_size=max_length, batch_size=batch)
     return cfg, Plan(block_size=max_length, batch_size=batch, steps_per_epoch=steps_per_epoch,
                      total_steps=total, tokens_per_step=min(max_length, int(max(lengths)))
-                     * batch * cfg.grad_accum)
+                     * batch * cfg.grad_accum * world)
 
 
 def fill_schedule(cfg, total: int, n_layers: int, **updates):
@@ -108,7 +114,8 @@ def fill_schedule(cfg, total: int, n_layers: int, **updates):
 def check_numbers(cfg) -> list[str]:
     """Every numeric problem at once, before anything loads."""
     problems = []
-    positive = ["grad_accum", "lora_r", "lora_alpha", "log_every", "sample_max_new_tokens"]
+    positive = ["grad_accum", "lora_r", "lora_alpha", "log_every", "sample_max_new_tokens",
+                "devices"]
     for name in positive + ["max_steps", "batch_size", "eval_every", "save_every", "patience",
                             "train_layers"]:
         value = getattr(cfg, name)

@@ -262,6 +262,8 @@ def report_at_end(out: Path, model, tokenizer, device, autocast, emit) -> None:
         elif not cfg.get("sample_every"):
             result = write_report(out, compare=False, left_out="left out: samples were turned "
                                                                "off (--sample-every 0)")
+        elif model is None:  # the tuned model is not whole in memory (FSDP): load final/
+            result = write_report(out, device=device.type)
         else:
             pair = ModelPair.around(model, tokenizer, resolve(str(out)), info["base_model"],
                                     device, autocast)

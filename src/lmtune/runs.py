@@ -146,10 +146,13 @@ def run_info(cfg, base_model: str) -> dict:
     }
 
 
-def save_artifact(folder: Path, model, tokenizer, info: dict) -> None:
-    """Weights (safetensors), tokenizer and lmtune.json: loadable by transformers or PEFT."""
+def save_artifact(folder: Path, model, tokenizer, info: dict,
+                  state_dict: dict | None = None) -> None:
+    """Weights (safetensors), tokenizer and lmtune.json: loadable by transformers or PEFT.
+    `state_dict`: the weights when the model holds only a shard of them (FSDP)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    given = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(folder, safe_serialization=True, **given)
     tokenizer.save_pretrained(folder)
     (folder / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
 

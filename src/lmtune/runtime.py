@@ -60,15 +60,20 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 
 def set_threads() -> None:
-    """One thread per physical core: hyper-threads share the matrix units and slow a step."""
+    """One thread per physical core: hyper-threads share the matrix units and slow a step.
+    N processes on one machine (LOCAL_WORLD_SIZE, set by torchrun) share the cores."""
     if os.environ.get("OMP_NUM_THREADS"):
         return
+    torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def threads_per_process(processes: int = 1) -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     physical = _physical_cores() or cores
-    torch.set_num_threads(max(1, min(cores, physical)))
+    return max(1, min(cores, physical) // max(1, processes))
 
 
 def _physical_cores() -> int | None:

@@ -2,16 +2,20 @@
 
 A task (`generate`: continue text; `classify`: a label per text, in classify.py) provides:
   check(cfg)             -> problems with the flags, reported with the others before loading
-  prepare(cfg, tok, ...) -> datasets of batches, the step plan and the data's hash
+  prepare(cfg, tok, ...) -> datasets of batches, the step plan (for `world` processes) and
+                            the data's hash
   load_model(...)        -> the model with the task's head (LM head or label head)
   loss_sum(model, batch) -> summed loss; the loop divides by the batches' n_target_tokens
-  evaluate(model, val)   -> one flat metrics record, with val_loss and `best_metric`
+  evaluate(model, val)   -> one flat metrics record, with val_loss and `best_metric`; under
+                            several processes `val` is this rank's share and the record
+                            is the whole set's (sums are all-reduced)
   rank(record)           -> what picks the best checkpoint: a list, lower is better
   info()                 -> what lmtune.json records for later commands
 Text samples during training are for generate only: classify's plan sets sample_every to 0.
 
 Batches of either task have `n_target_tokens` (what the loss is a sum over) and `n_tokens`
-(real tokens, for throughput), and datasets have `batches(epoch, batch_size, start)`.
+(real tokens, for throughput), and datasets have `batches(epoch, batch_size, start, rank=,
+world=)`.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class LanguageModeling:
         return [f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
                 f"--task classify"] if given else []
 
-    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int) -> Prepared:
+    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int,
+                world: int = 1) -> Prepared:
         from lmtune.corpus import make_dataset, token_splits
         from lmtune.plan import plan_run
 
@@ -56,7 +61,7 @@ class LanguageModeling:
         train_docs, val_docs = splits.train, splits.val
         cfg, plan = plan_run(
             cfg, n_train_tokens=train_docs.n_tokens, context=context, n_layers=n_layers,
-            n_blocks_for=lambda bs: make_dataset(train_docs, bs, pack=cfg.pack, shuffle=False,
+            world=world, n_blocks_for=lambda bs: make_dataset(train_docs, bs, pack=cfg.pack, shuffle=False,
                                                  seed=0).num_blocks())
         train_set = make_dataset(train_docs, plan.block_size, pack=cfg.pack, shuffle=True,
                                  seed=cfg.seed)
@@ -84,7 +89,7 @@ class LanguageModeling:
     def evaluate(self, model, val_set, batch_size: int, device, autocast) -> dict:
         from lmtune.evaluate import mean_loss, perplexity
 
-        val_loss, _ = mean_loss(model, val_set, batch_size, device, autocast)
+        val_loss, _ = mean_loss(model, val_set, batch_size, device, autocast)  # all ranks
         return {"val_loss": round(val_loss, 6), "val_ppl": round(perplexity(val_loss), 4)}
 
     def rank(self, record: dict) -> list:

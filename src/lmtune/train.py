@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from lmtune import checkpoint, config as config_mod
+from lmtune import checkpoint, config as config_mod, distributed
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.flops import flops_per_token, peak_flops
@@ -43,7 +43,8 @@ from lmtune.tasks import task_for
 RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
                      "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
                      "keep", "patience", "device", "out", "data", "val_data", "report",
-                     "dry_run", "force_resume", "allow_pickle"}
+                     "dry_run", "force_resume", "allow_pickle",
+                     "devices"}  # another world size: see World.check_resume
 MAX_BAD_STEPS = 5
 EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
 
@@ -84,11 +85,20 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     problems = check_numbers(cfg) + task.check(cfg)
     if problems:
         raise UserError("; ".join(problems))
-    out = Path(cfg.out) if cfg.out else default_out(cfg.data)
+    world = distributed.start(cfg)
+    # Every rank writes (through rank 0) to rank 0's folder: a default name holds the time.
+    out = world.same_path(Path(cfg.out) if cfg.out else default_out(cfg.data))
     # The folder checks run before the model is resolved: resolving the default model may
     # convert it first (about 20 s), and a wrong --out should not wait for that.
     check_out(out, resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model,
               data_path=cfg.data)
+    if cfg.devices > 1 and not world.active:
+        from lmtune.launch import relaunch
+        # this same train() on cfg.devices processes, under torchrun
+        return relaunch(dataclasses.replace(cfg, out=str(out)))
+    if not world.is_main:
+        emit = _emit_nothing  # one progress bar and one set of messages: rank 0's
+    world.local_main_first_begin()  # converting the default model and tokenizing: once
     resolved = resolve(cfg.model)
     if resolved.adapter is not None:
         raise UserError(f"--model {cfg.model} is a LoRA adapter",
@@ -100,11 +110,14 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
     model_config = _peek_config(resolved, cfg.trust_remote_code)
     data = task.prepare(cfg, tokenizer, context=context_length(model_config),
-                        n_layers=_config_layers(model_config))
+                        n_layers=_config_layers(model_config), world=world.size)
+    world.local_main_first_end()
     cfg, plan, train_set, val_set = data.cfg, data.plan, data.train_set, data.val_set
     cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
     data_hash = data.data_hash
     start, changes = _read_resume_state(out, cfg, data_hash) if cfg.resume else (None, [])
+    if start is not None:
+        world.check_resume(checkpoint.read_state(start), out)
 
     # --- model, method, precision
     set_threads()
@@ -127,16 +140,22 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         keep_lora_inputs_in_autocast_dtype(model)
     trainable, total = count_parameters(model)
     accelerator = _accelerator(device, precision)
-    optimizer = _optimizer(model, cfg, device)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if world.fsdp:  # sharded in place; accelerate's prepare would wrap it in DDP as well
+        model = world.wrap_fsdp(model)
+        optimizer = accelerator.prepare(_optimizer(model, cfg, device))
+    else:
+        optimizer = _optimizer(model, cfg, device)
+        model, optimizer = accelerator.prepare(model, optimizer)
+    distributed.seed_ranks(world, cfg.seed)
     scheduler = _scheduler(optimizer, cfg, plan.total_steps)
     # best_score is the task's best_metric (val_loss for generate, macro_f1 for classify) at
     # best_step; best_rank is what picked that step (task.rank: lower is better).
     state = {"step": 0, "tokens": 0, "best_score": None, "best_rank": None, "best_step": None,
-             "bad_evals": 0, "skipped_steps": 0, "data_hash": data_hash}
+             "bad_evals": 0, "skipped_steps": 0, "data_hash": data_hash,
+             "world_size": world.size}
     if start is not None:
         state.update(checkpoint.read_state(start), data_hash=data_hash)  # new if forced
-        checkpoint.load_optimizer(start, optimizer)
+        world.load_optimizer(start, model, optimizer)
         with warnings.catch_warnings():  # torch warns when stepping before optimizer.step()
             warnings.simplefilter("ignore")
             for _ in range(state["step"]):  # the schedule is a pure function of the step
@@ -150,6 +169,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
                    "precision": precision, **data.summary, "task": task.name,
                    "block_size": plan.block_size, "batch_size": plan.batch_size,
                    "grad_accum": cfg.grad_accum, "tokens_per_step": plan.tokens_per_step,
+                   "world_size": world.size,
+                   "global_batch": plan.batch_size * cfg.grad_accum * world.size,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
                    "start_step": state["step"], "lr": cfg.lr})
     for text in data.messages:
@@ -163,25 +184,26 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
 
     # --- the run folder: created only now that every input has been checked
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        if cfg.overwrite and not cfg.resume:
-            clear_run(out)
-        checkpoint.clean_partial(out / "checkpoints")
-        if start is not None:
-            # After a crash the logs run past the checkpoint; those steps run again.
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                drop_records_after(out / name, state["step"])
-        # --force-resume is saved off: a later plain --resume (which starts from this file)
-        # must check its settings again.
-        saved = dataclasses.replace(cfg, force_resume=False)
-        (out / "config.yaml").write_text(config_mod.to_yaml(saved), encoding="utf-8")
+    with RunLock(out) if world.is_main else nullcontext():  # rank 0 alone writes the run
+        if world.is_main:
+            if cfg.overwrite and not cfg.resume:
+                clear_run(out)
+            checkpoint.clean_partial(out / "checkpoints")
+            if start is not None:
+                # After a crash the logs run past the checkpoint; those steps run again.
+                for name in ("metrics.jsonl", "samples.jsonl"):
+                    drop_records_after(out / name, state["step"])
+            # --force-resume is saved off: a later plain --resume (which starts from this
+            # file) must check its settings again.
+            saved = dataclasses.replace(cfg, force_resume=False)
+            (out / "config.yaml").write_text(config_mod.to_yaml(saved), encoding="utf-8")
         info = {**run_info(cfg, _base_name(cfg.model, resolved)), **task.info()}
         stop = _StopFlag()
         stop.install()
         try:
             with reuse_freed_memory():
                 return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
-                            train_set, val_set, state, info, emit, start, stop, task)
+                            train_set, val_set, state, info, emit, start, stop, task, world)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -193,9 +215,12 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
 
 
 def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, train_set,
-         val_set, state, info, emit, start, stop, task) -> TrainResult:
+         val_set, state, info, emit, start, stop, task, world) -> TrainResult:
     device = accelerator.device
-    metrics, samples_log = JsonlWriter(out / "metrics.jsonl"), JsonlWriter(out / "samples.jsonl")
+    writer = JsonlWriter if world.is_main else _NoWriter
+    metrics, samples_log = writer(out / "metrics.jsonl"), writer(out / "samples.jsonl")
+    train_share = world.shard(train_set)
+    val_share = None if val_set is None else world.shard(val_set)
     params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)
     precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
@@ -208,18 +233,22 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
         """The task's metrics record (val_loss, and accuracy, macro_f1 ... for classify)."""
         if val_set is None:
             return None
-        record = {"step": step, **task.evaluate(model, val_set, plan.batch_size, device,
+        record = {"step": step, **task.evaluate(model, val_share, plan.batch_size, device,
                                                 accelerator.autocast)}
         metrics.write(record)
         emit("eval", record)
         return record
 
     def sample_now(step: int) -> None:
-        if not cfg.sample_every:
+        # Under FSDP every rank takes part in each forward (the weights are sharded).
+        if not cfg.sample_every or not (world.is_main or world.fsdp):
             return
         with accelerator.autocast():
             got = generate(unwrapped, tokenizer, cfg.sample_prompts or None, n=1,
-                           max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step)
+                           max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step,
+                           synced=world.fsdp)
+        if not world.is_main:
+            return
         # Memorisation: each sample against the training data; the copy rate goes to metrics.
         checks = [copies.check(s.prompt, s.text) for s in got]
         for s, check in zip(got, checks):
@@ -228,7 +257,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             emit("sample", record)
         metrics.write(copy_summary(step, checks))
 
-    def save_now(step: int) -> Path:
+    def save_now(step: int) -> None:
         # Skipped updates keep NaN out of the weights; this catches what still got in (an
         # overflow inside the optimizer), so no checkpoint ever holds a non-finite weight.
         if not torch.stack([torch.isfinite(p).all() for p in params]).all():
@@ -236,15 +265,20 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                             f"was written for it", hint="lower --lr, or use --precision fp32 "
                                                         "or bf16 instead of fp16; resume from "
                                                         "the last checkpoint with --resume")
-        path = checkpoint.save(
-            out / "checkpoints", step, optimizer=optimizer, keep=cfg.keep,
-            best_step=state["best_step"], state=dict(state, step=step),
-            save_model=lambda folder: save_artifact(folder, unwrapped, tokenizer, info))
-        emit("checkpoint", {"step": step, "path": str(path)})
-        return path
+        gathered = world.full_state(model, optimizer)  # every rank's part, on rank 0
+        if world.is_main:
+            path = checkpoint.save(
+                out / "checkpoints", step, optimizer=optimizer, keep=cfg.keep,
+                best_step=state["best_step"], state=dict(state, step=step),
+                save_model=lambda folder: save_artifact(folder, unwrapped, tokenizer, info,
+                                                        state_dict=gathered.weights),
+                optimizer_state=gathered.optimizer, rng=gathered.rng)
+            emit("checkpoint", {"step": step, "path": str(path)})
+        # No rank runs ahead (or exits on a stop) while rank 0 still writes the checkpoint.
+        world.barrier()
 
     if start is not None:
-        checkpoint.restore_rng(start)  # after model set-up, which draws LoRA init from the RNG
+        world.restore_rng(start)  # after model set-up, which draws LoRA init from the RNG
     model.train()
     step = state["step"]
     window_loss = torch.zeros((), device=device)
@@ -254,24 +288,29 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
     emit("progress", {"step": step, "total": plan.total_steps})
     while step < plan.total_steps:
         epoch, in_epoch = divmod(step, plan.steps_per_epoch)
-        batches = train_set.batches(epoch, plan.batch_size, start=in_epoch * cfg.grad_accum)
+        batches = train_share.batches(epoch, plan.batch_size, start=in_epoch * cfg.grad_accum)
         while in_epoch < plan.steps_per_epoch and step < plan.total_steps:
             micro = list(islice(batches, cfg.grad_accum))
-            n_targets = max(1, sum(b.n_target_tokens for b in micro))
+            n_targets, real_tokens = world.step_counts(micro)  # over all ranks
+            n_targets = max(1, n_targets)
+            # DDP and FSDP average the ranks' gradients, so each rank divides by its share
+            # of the step's target tokens: the update is the sum over all of them / n_targets.
+            share = n_targets / world.size
             step_loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
+                with nullcontext() if sync else world.no_sync(model, accelerator):
                     # The loss runs under autocast too: accelerate covers only the model's
                     # forward, and the chunked LM head (loss.py) runs outside it, where fp32
                     # matmuls made a small-model step 1.4x slower.
                     with accelerator.autocast():
-                        loss = task.loss_sum(model, batch, device) / n_targets
+                        loss = task.loss_sum(model, batch, device) / share
                     accelerator.backward(loss)
                 step_loss += loss.detach()
             # One host sync per step: a non-finite gradient must skip the update, never
             # reach the weights (and so never a checkpoint).
-            grad_norm = _clip_gradients(accelerator, params, cfg.grad_clip or float("inf"))
+            grad_norm = _clip_gradients(accelerator, params, cfg.grad_clip or float("inf"),
+                                         sharded=world.fsdp)
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 state["skipped_steps"] += 1
@@ -290,22 +329,23 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
             scheduler.step()
             step += 1
             in_epoch += 1
-            window_loss += step_loss * n_targets
+            window_loss += step_loss * share  # this rank's loss sum
             window_targets += n_targets
-            real_tokens = sum(b.n_tokens for b in micro)
             window_tokens += real_tokens
             state["tokens"] += real_tokens
             last = step == plan.total_steps
             if step % cfg.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_t0
-                last_train_loss = window_loss.item() / window_targets  # host sync: log steps only
+                # host sync (and an all-reduce under several processes): log steps only
+                last_train_loss = world.sum(window_loss).item() / window_targets
                 record = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4),
                           "loss": round(last_train_loss, 6),
                           "lr": step_lr, "tokens": state["tokens"],
                           "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1),
                           "grad_norm": round(float(grad_norm), 4)}
                 if peak:
-                    record["mfu"] = round(record["tokens_per_s"] * flops_tok / peak, 4)
+                    record["mfu"] = round(record["tokens_per_s"] * flops_tok
+                                          / (peak * world.size), 4)
                 if state["skipped_steps"]:  # updates skipped for a non-finite gradient so far
                     record["skipped_steps"] = state["skipped_steps"]
                 metrics.write(record)
@@ -313,6 +353,8 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 window_loss.zero_()
                 window_targets, window_tokens, window_t0 = 0, 0, time.perf_counter()
             emit("progress", {"step": step, "total": plan.total_steps})
+            if world.active:  # every rank stops after the same step
+                stop.signum = world.agree_on_signal(stop.signum)
             side_t0 = time.perf_counter()  # evaluation, samples and saves are not training speed
             if step % cfg.eval_every == 0 or last or stop.signum:
                 evaluated = evaluate_now(step)
@@ -344,10 +386,15 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
         if stopped != "completed":
             break
     final = out / "final"
-    save_artifact(final, unwrapped, tokenizer, info)
+    weights = world.full_weights(model)  # FSDP: gathered on rank 0
+    if world.is_main:
+        save_artifact(final, unwrapped, tokenizer, info, state_dict=weights)
     emit("end", {"final": str(final), "step": step})
-    if cfg.report:  # loss.png and report.html, with before/after samples from the base
-        report_at_end(out, unwrapped, tokenizer, device, accelerator.autocast, emit)
+    if cfg.report and world.is_main:  # loss.png, report.html, before/after samples
+        # Under FSDP the tuned model is in shards; the report loads it from final/.
+        report_at_end(out, None if world.fsdp else unwrapped, tokenizer, device,
+                      accelerator.autocast, emit)
+    world.barrier()  # when train() returns, final/ is complete for every rank
     is_loss = task.best_metric == "val_loss"
     return TrainResult(out=out, final=final, steps=step, train_loss=last_train_loss,
                        val_loss=val_loss, best_val_loss=state["best_score"] if is_loss else None,
@@ -450,16 +497,19 @@ def _accelerator(device: str, precision: str):
     return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
 
 
-def _clip_gradients(accelerator, params, max_norm: float) -> float:
+def _clip_gradients(accelerator, params, max_norm: float, sharded: bool = False) -> float:
     """The total gradient norm (a float: the step's one host sync), after clipping to
     `max_norm`. torch's clip_grad_norm_ multiplies every gradient by min(1, max/norm) to avoid
     a sync; we sync anyway for the finiteness check, so gradients are touched only when they
     are clipped (the multiply was 3% of a small GPT-2 step). FSDP and other engines that
-    shard gradients keep accelerate's own clipping."""
+    shard gradients (--fsdp) keep accelerate's own clipping."""
     from accelerate.utils import DistributedType
-    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU,
-                                            DistributedType.MULTI_GPU):
-        return float(accelerator.clip_grad_norm_(params, max_norm))
+    if sharded or accelerator.distributed_type not in (
+            DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        norm = accelerator.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor of the global norm
+            norm = norm.full_tensor()
+        return float(norm)
     accelerator.unscale_gradients()  # fp16's loss scale; nothing otherwise
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -503,6 +553,16 @@ def _scheduler(optimizer, cfg, total_steps: int):
         return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _NoWriter:
+    """What ranks other than 0 log to."""
+
+    def __init__(self, path: Path):
+        pass
+
+    def write(self, record: dict) -> None:
+        pass
 
 
 class _StopFlag:

@@ -16,7 +16,7 @@ it from.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,6 +38,14 @@ class Batch:
     n_tokens: int  # number of real (non-padding) tokens
 
 
+def no_targets(batch):
+    """A stand-in for a process whose share of a batch is empty: it runs the forward and
+    backward passes like the others (DDP and FSDP need every process in each collective)
+    and counts nothing in the loss."""
+    return replace(batch, labels=torch.full_like(batch.labels, IGNORE), n_target_tokens=0,
+                   n_tokens=0)
+
+
 class _Blocks:
     """What both datasets share: block counting, batch slicing and the labels rule."""
 
@@ -54,18 +62,26 @@ class _Blocks:
     def num_batches(self, batch_size: int) -> int:
         return -(-self.num_blocks() // batch_size)
 
-    def batches(self, epoch: int, batch_size: int, start: int = 0) -> Iterator[Batch]:
+    def batches(self, epoch: int, batch_size: int, start: int = 0, *, rank: int = 0,
+                world: int = 1) -> Iterator[Batch]:
         """Batches of `batch_size` blocks for `epoch`, from batch index `start` (for resuming).
 
         The order depends only on (seed, epoch), so batches before `start` are skipped
-        without being built.
+        without being built. Under `world` processes, batch i is process `rank`'s share of
+        the `batch_size * world` blocks that batch i of one process with that batch size
+        holds; only those blocks are built.
         """
         if batch_size < 1 or start < 0:
             raise ValueError(f"batch_size must be >= 1 and start >= 0, got {batch_size}, {start}")
         plan = self._epoch_plan(epoch)
         n_blocks = self.num_blocks()
-        for first in range(start * batch_size, n_blocks, batch_size):
-            yield self._batch(plan, first, min(first + batch_size, n_blocks))
+        step = batch_size * world
+        for first in range(start * step, n_blocks, step):
+            mine = first + rank * batch_size
+            if mine >= n_blocks:  # the epoch's last batch left this process nothing
+                yield no_targets(self._batch(plan, first, first + 1))
+            else:
+                yield self._batch(plan, mine, min(mine + batch_size, n_blocks))
 
     def _permutation(self, n: int, epoch: int) -> np.ndarray:
         if not self.shuffle:
