@@ -4,7 +4,8 @@
     python benchmarks/train_vs_hf.py --models gpt2-6x384 --data short
 
 Contenders, each in its own process (so its peak RSS is its own), on the same examples with
-the same epochs, examples per step, learning rate, schedule, optimizer and precision:
+the same epochs, examples per step, learning rate, schedule, optimizer (AdamW; HF's default
+fused implementation, as lmtune's) and precision:
   (a) HF Trainer as the seed tutorials use it: padding='max_length' (128), truncation,
       DataCollatorForLanguageModeling(mlm=False), pad = EOS;
   (b) HF Trainer at its best: EOS appended, dynamic padding, length-grouped batches, a pad
@@ -118,7 +119,7 @@ def run_hf(args: dict) -> dict:
     targs = TrainingArguments(
         output_dir=args["out"], per_device_train_batch_size=EXAMPLES_PER_STEP,
         num_train_epochs=args["epochs"], learning_rate=args["lr"], lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=0.0, optim="adamw_torch", bf16=args["bf16"],
+        warmup_steps=0, weight_decay=0.0, bf16=args["bf16"],  # optim: HF's default, fused AdamW
         use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50,
         seed=0, disable_tqdm=True, **extra)
     trainer = Trainer(model=model, args=targs, train_dataset=data,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtune.chunked_ce import linear_cross_entropy_sum, supports_chunked_loss
+from lmtune.packed_attention import NAME as PACKED, attach_window_starts
 
 _CHUNKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -43,9 +44,13 @@ def model_inputs(model, batch, device) -> dict:
     inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
     if batch.attention_mask is not None:
         inputs["attention_mask"] = batch.attention_mask.to(device, non_blocking=True)
-    elif "flash" not in str(getattr(getattr(model, "module", model).config,  # DDP: .module
-                                    "_attn_implementation", "")):
-        inputs["attention_mask"] = packed_attention_mask(position_ids)
+    else:
+        attn = str(getattr(getattr(model, "module", model).config,  # DDP: .module
+                           "_attn_implementation", ""))
+        if "flash" not in attn:  # flash attention takes the position ids instead
+            inputs["attention_mask"] = packed_attention_mask(position_ids)
+            if attn == PACKED:
+                attach_window_starts(inputs["attention_mask"], position_ids)
     return inputs
 
 

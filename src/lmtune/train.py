@@ -31,6 +31,7 @@ from lmtune.memorization import LazyIndex, copy_summary
 from lmtune.methods import (apply_method, count_parameters, keep_lora_inputs_in_autocast_dtype,
                             store_frozen_in)
 from lmtune.models import context_length, load_tokenizer, num_layers, resolve
+from lmtune.packed_attention import use_packed_attention
 from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
 from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out,
@@ -125,7 +126,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = task.load_model(resolved, cfg, tokenizer)
-    if device == "cpu" and plan.block_size <= EAGER_MAX_BLOCK:
+    if device == "cpu" and not use_packed_attention(model) \
+            and plan.block_size <= EAGER_MAX_BLOCK:
         _prefer_eager_attention(model)
     if start is not None and cfg.method != "lora":
         _load_weights(model, start / "model")
