@@ -10,6 +10,7 @@ so it opens offline and can be mailed as one file.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
 import statistics
@@ -43,10 +44,19 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """`write(tmp)`, then rename over `path`: a failed write keeps the old file, leaves no
+    temporary one, and a full disk is one clear error."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"disk full while writing {path}: {e.strerror}",
+                        hint=f"free disk space, then run: lmtune report {path.parent}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,9 +87,7 @@ def plot_loss(metrics: list[dict], path: Path) -> Path:
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3)
     bottom.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path
 
 
@@ -234,7 +242,7 @@ def write_report(run: str | Path, *, pair=None, compare: bool = True, device: st
     page = render_html(run, cfg, info, metrics, samples, loss_png.read_bytes(), before_after,
                        note)
     html_path = run / "report.html"
-    _write_atomic(html_path, page.encode("utf-8"))
+    _write_atomic(html_path, lambda tmp: tmp.write_bytes(page.encode("utf-8")))
     return ReportResult(html=html_path, loss_png=loss_png, compared=before_after is not None)
 
 

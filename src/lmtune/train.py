@@ -30,11 +30,11 @@ from lmtune.generate import generate
 from lmtune.memorization import LazyIndex, copy_summary
 from lmtune.methods import (apply_method, count_parameters, keep_lora_inputs_in_autocast_dtype,
                             store_frozen_in)
-from lmtune.models import context_length, load_tokenizer, num_layers, resolve
+from lmtune.models import RUN_FILE, context_length, load_tokenizer, num_layers, resolve
 from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
-from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out,
-                         drop_records_after, run_info, save_artifact)
+from lmtune.runs import (JsonlWriter, RunLock, check_out, clean_partial_artifacts, clear_run,
+                         default_out, drop_records_after, run_info, save_artifact)
 from lmtune.runtime import (pick_device, pick_precision, reuse_freed_memory, set_threads,
                             torch_dtype)
 from lmtune.tasks import task_for
@@ -160,7 +160,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             warnings.simplefilter("ignore")
             for _ in range(state["step"]):  # the schedule is a pure function of the step
                 scheduler.step()
-    if state["step"] >= plan.total_steps:
+    # A run whose steps are done but whose final/ save failed (a full disk, a kill) resumes
+    # into no steps at all: final/ and the report are written from the last checkpoint.
+    if state["step"] >= plan.total_steps and _final_is_current(out, start):
         raise UserError(f"{out} already trained {state['step']} steps",
                         hint="raise --max-steps or --epochs to train further")
 
@@ -189,6 +191,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             if cfg.overwrite and not cfg.resume:
                 clear_run(out)
             checkpoint.clean_partial(out / "checkpoints")
+            clean_partial_artifacts(out)
             if start is not None:
                 # After a crash the logs run past the checkpoint; those steps run again.
                 for name in ("metrics.jsonl", "samples.jsonl"):
@@ -434,6 +437,16 @@ def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> tuple[Pat
                                                 "or pass --force-resume")
         changes.append("the training data changed since the checkpoint")
     return ckpt, changes
+
+
+def _final_is_current(out: Path, ckpt: Path | None) -> bool:
+    """final/ was written after the newest checkpoint, so it holds that step's weights: the end
+    of a run saves the checkpoint first, and a failed final/ save keeps the older final/."""
+    try:
+        return ckpt is None or ((out / "final" / RUN_FILE).stat().st_mtime_ns
+                                >= (ckpt / "manifest.json").stat().st_mtime_ns)
+    except FileNotFoundError:
+        return False
 
 
 def _peek_config(resolved, trust_remote_code: bool):
