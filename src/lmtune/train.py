@@ -45,6 +45,7 @@ RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", 
                      "keep", "patience", "device", "out", "data", "val_data", "report",
                      "dry_run", "force_resume", "allow_pickle",
                      "devices"}  # another world size: see World.check_resume
+ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")  # saved as False
 MAX_BAD_STEPS = 5
 EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
 
@@ -196,9 +197,11 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
                 # After a crash the logs run past the checkpoint; those steps run again.
                 for name in ("metrics.jsonl", "samples.jsonl"):
                     drop_records_after(out / name, state["step"])
-            # --force-resume is saved off: a later plain --resume (which starts from this
-            # file) must check its settings again.
-            saved = dataclasses.replace(cfg, force_resume=False)
+            # The file describes the run, not the command that last touched it: one-shot
+            # actions are saved off, so `--config RUN/config.yaml` starts a like run instead
+            # of resuming or overwriting, and a later plain --resume (which starts from this
+            # file) checks its settings again instead of inheriting --force-resume.
+            saved = dataclasses.replace(cfg, **{name: False for name in ONE_SHOT_ACTIONS})
             (out / "config.yaml").write_text(config_mod.to_yaml(saved), encoding="utf-8")
         info = {**run_info(cfg, _base_name(cfg.model, resolved)), **task.info()}
         stop = _StopFlag()
