@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from lmtune import checkpoint, config as config_mod, distributed
+from lmtune import checkpoint, config as config_mod, distributed, resume
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.flops import flops_per_token, peak_flops
@@ -30,7 +30,7 @@ from lmtune.generate import generate
 from lmtune.memorization import LazyIndex, copy_summary
 from lmtune.methods import (apply_method, count_parameters, keep_lora_inputs_in_autocast_dtype,
                             store_frozen_in)
-from lmtune.models import RUN_FILE, context_length, load_tokenizer, num_layers, resolve
+from lmtune.models import context_length, load_tokenizer, num_layers, resolve
 from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
 from lmtune.runs import (JsonlWriter, RunLock, check_out, clean_partial_artifacts, clear_run,
@@ -39,12 +39,6 @@ from lmtune.runtime import (pick_device, pick_precision, reuse_freed_memory, set
                             torch_dtype)
 from lmtune.tasks import task_for
 
-# Settings that may differ when resuming; any other change is refused by name.
-RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
-                     "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
-                     "keep", "patience", "device", "out", "data", "val_data", "report",
-                     "dry_run", "force_resume", "allow_pickle",
-                     "devices"}  # another world size: see World.check_resume
 ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")  # saved as False
 MAX_BAD_STEPS = 5
 EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
@@ -116,7 +110,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     cfg, plan, train_set, val_set = data.cfg, data.plan, data.train_set, data.val_set
     cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
     data_hash = data.data_hash
-    start, changes = _read_resume_state(out, cfg, data_hash) if cfg.resume else (None, [])
+    start, changes = resume.find_start(out, cfg, data_hash) if cfg.resume else (None, [])
     if start is not None:
         world.check_resume(checkpoint.read_state(start), out)
 
@@ -129,7 +123,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     if device == "cpu" and plan.block_size <= EAGER_MAX_BLOCK:
         _prefer_eager_attention(model)
     if start is not None and cfg.method != "lora":
-        _load_weights(model, start / "model")
+        resume.load_weights(model, start / "model")
     model = apply_method(model, cfg)
     if start is not None and cfg.method == "lora":
         from peft import set_peft_model_state_dict
@@ -163,7 +157,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
                 scheduler.step()
     # A run whose steps are done but whose final/ save failed (a full disk, a kill) resumes
     # into no steps at all: final/ and the report are written from the last checkpoint.
-    if state["step"] >= plan.total_steps and _final_is_current(out, start):
+    if state["step"] >= plan.total_steps and resume.final_is_current(out, start):
         raise UserError(f"{out} already trained {state['step']} steps",
                         hint="raise --max-steps or --epochs to train further")
 
@@ -412,46 +406,6 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers.
 
-def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> tuple[Path, list[str]]:
-    """The checkpoint to resume from, and what changed since the run started (refused unless
-    --force-resume; then the changes are reported)."""
-    saved = config_mod.build(TrainConfig, {}, str(out / "config.yaml"))
-    changes = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in RESUMABLE_CHANGES:
-            continue
-        old, new = getattr(saved, f.name), getattr(cfg, f.name)
-        if old != new:
-            flag = "--" + f.name.replace("_", "-")
-            if not cfg.force_resume:
-                raise UserError(f"cannot resume {out}: {flag} changed from {old!r} to {new!r}",
-                                hint=f"resume with the run's own settings (drop {flag}), start "
-                                     f"a new run with another --out, or pass --force-resume")
-            changes.append(f"{flag} changed from {old!r} to {new!r}")
-    ckpt = checkpoint.latest(out / "checkpoints")
-    if ckpt is None:
-        raise UserError(f"cannot resume {out}: it has no complete checkpoint",
-                        hint="start it again with --overwrite")
-    checkpoint.verify(ckpt)
-    if checkpoint.read_state(ckpt).get("data_hash") != data_hash:
-        if not cfg.force_resume:
-            raise UserError(f"cannot resume {out}: the training data changed since the "
-                            f"checkpoint", hint="resume with the same data, start a new run, "
-                                                "or pass --force-resume")
-        changes.append("the training data changed since the checkpoint")
-    return ckpt, changes
-
-
-def _final_is_current(out: Path, ckpt: Path | None) -> bool:
-    """final/ was written after the newest checkpoint, so it holds that step's weights: the end
-    of a run saves the checkpoint first, and a failed final/ save keeps the older final/."""
-    try:
-        return ckpt is None or ((out / "final" / RUN_FILE).stat().st_mtime_ns
-                                >= (ckpt / "manifest.json").stat().st_mtime_ns)
-    except FileNotFoundError:
-        return False
-
-
 def _peek_config(resolved, trust_remote_code: bool):
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
@@ -471,24 +425,6 @@ def _base_name(spec: str, resolved) -> str:
     path for a local folder (so the run still loads from another working directory)."""
     p = Path(spec).expanduser()
     return str(p.resolve()) if p.exists() else spec
-
-
-def _load_weights(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-    missing = {n for n, _ in model.named_parameters()}
-    for f in sorted(folder.glob("*.safetensors")):
-        sd = load_file(f)
-        try:
-            model.load_state_dict(sd, strict=False)
-        except RuntimeError as e:  # shapes differ: --force-resume onto another base model
-            raise UserError(f"checkpoint weights in {f} do not fit the model "
-                            f"({str(e).splitlines()[-1].strip()})",
-                            hint="resume with the run's own --model") from None
-        missing -= set(sd)
-    head = model.get_output_embeddings()  # None for a classifier: it has a label head
-    tied = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
-    if missing - tied:
-        raise UserError(f"checkpoint {folder} lacks weights: {sorted(missing - tied)[:3]}")
 
 
 def _prefer_eager_attention(model) -> None:
