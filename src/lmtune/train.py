@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from lmtune import checkpoint, config as config_mod, distributed, resume
+from lmtune import checkpoint, config as config_mod, distributed, optim, resume
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.flops import flops_per_token, peak_flops
@@ -137,12 +137,12 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     accelerator = _accelerator(device, precision)
     if world.fsdp:  # sharded in place; accelerate's prepare would wrap it in DDP as well
         model = world.wrap_fsdp(model)
-        optimizer = accelerator.prepare(_optimizer(model, cfg, device))
+        optimizer = accelerator.prepare(optim.adamw(model, cfg, device))
     else:
-        optimizer = _optimizer(model, cfg, device)
+        optimizer = optim.adamw(model, cfg, device)
         model, optimizer = accelerator.prepare(model, optimizer)
     distributed.seed_ranks(world, cfg.seed)
-    scheduler = _scheduler(optimizer, cfg, plan.total_steps)
+    scheduler = optim.lr_schedule(optimizer, cfg, plan.total_steps)
     # best_score is the task's best_metric (val_loss for generate, macro_f1 for classify) at
     # best_step; best_rank is what picked that step (task.rank: lower is better).
     state = {"step": 0, "tokens": 0, "best_score": None, "best_rank": None, "best_step": None,
@@ -470,41 +470,6 @@ def _clip_gradients(accelerator, params, max_norm: float, sharded: bool = False)
     if math.isfinite(norm) and norm > max_norm:
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))  # torch's clip coefficient
     return norm
-
-
-def _optimizer(model, cfg, device: str):
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    # Fused AdamW (one kernel over all tensors) on CUDA and CPU: on this 2-core CPU it stepped
-    # 29M parameters in 13 ms against 56 ms for foreach. Other devices take foreach.
-    if device in ("cuda", "cpu"):
-        try:
-            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-
-
-def _scheduler(optimizer, cfg, total_steps: int):
-    """Linear warmup, then cosine, linear or constant. The factor for step i + 1 (i steps
-    done) ramps as (i + 1) / (warmup + 1), as in nanoGPT: the transformers schedulers start at
-    0, which wasted the first step and left a one-step run's weights untouched."""
-    warmup, kind = cfg.warmup_steps, cfg.lr_schedule
-
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _NoWriter:
