@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+import lmtune
 from lmtune import config as config_mod
 from lmtune.cli import main
 from lmtune.config import GenerateConfig, MergeConfig, TrainConfig
@@ -102,6 +103,28 @@ def test_saved_config_passed_back_reproduces_the_run_config(lora_run, tmp_path, 
     again = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
     assert again == dict(original, out=str(out))
     assert original["split_on"] == "\n"
+
+
+def test_saved_config_describes_the_run_not_the_last_command(tiny_gpt2, lines_file, tmp_path,
+                                                             fast, capsys):
+    out = tmp_path / "run"
+    opts = dict(model=str(tiny_gpt2), out=str(out), sample_every=0, report=False, **fast)
+    lmtune.train(lines_file, max_steps=1, **opts)
+    lmtune.train(lines_file, max_steps=2, overwrite=True, **opts)
+    lmtune.train(out=str(out), resume=True, force_resume=True, lr=0.01, max_steps=3)
+    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    assert [saved[k] for k in ("resume", "force_resume", "overwrite", "dry_run")] == [False] * 4
+    assert saved["lr"] == 0.01 and saved["max_steps"] == 3  # the settings it now runs with
+    # Passed back, it starts a like run in a new folder (with resume: true it would refuse:
+    # the new folder holds no run to resume).
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0, \
+        capsys.readouterr().err
+    assert (again / "final").is_dir()
+    # And the run still resumes from it, changed settings still checked.
+    assert lmtune.train(out=str(out), resume=True, max_steps=4).steps == 4
+    with pytest.raises(lmtune.UserError, match="--lr changed from 0.01 to 0.02"):
+        lmtune.train(out=str(out), resume=True, max_steps=5, lr=0.02)
 
 
 def test_every_dataclass_field_has_help_and_valid_default():

@@ -5,9 +5,11 @@ test_serve_limits.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 import lmtune
 from lmtune import checkpoint
+from lmtune.cli import COMMANDS
 from test_cli_errors import _assert_clean_error, _run
 
 pytestmark = pytest.mark.faults
@@ -38,16 +41,20 @@ def _files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*"))
 
 
-@pytest.fixture
-def pickled_model(tiny_gpt2, tmp_path) -> Path:
-    """The tiny GPT-2 with its weights in pytorch_model.bin only."""
+def _pickle_only(model: Path, folder: Path) -> Path:
+    """A copy of `model` with its weights in pytorch_model.bin only."""
     import torch
     from safetensors.torch import load_file
 
-    folder = Path(shutil.copytree(tiny_gpt2, tmp_path / "pickled"))
+    folder = Path(shutil.copytree(model, folder))
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     return folder
+
+
+@pytest.fixture
+def pickled_model(tiny_gpt2, tmp_path) -> Path:
+    return _pickle_only(tiny_gpt2, tmp_path / "pickled")
 
 
 def test_pickled_weights_are_refused_unless_allow_pickle(pickled_model, lines_file, tmp_path,
@@ -63,6 +70,82 @@ def test_pickled_weights_are_refused_unless_allow_pickle(pickled_model, lines_fi
     result = lmtune.train(lines_file, model=str(pickled_model), out=str(tmp_path / "run"),
                           allow_pickle=True, max_steps=1, sample_every=0, report=False, **fast)
     assert result.steps == 1
+
+
+@pytest.fixture(scope="module")
+def on_pickled_base(tiny_gpt2, session_lines, tmp_path_factory) -> dict[str, Path]:
+    """A pickle-only base and three runs trained on it with --allow-pickle: LoRA, full (with
+    its end-of-run report, which loads the base again) and classification."""
+    root = tmp_path_factory.mktemp("pickled-base")
+    base = _pickle_only(tiny_gpt2, root / "base")
+    report_events = []
+    # conftest's FAST, spelled out: tests/data has a conftest of its own, so importing
+    # `conftest` here can pick the wrong one in the full suite.
+    common = dict(model=str(base), allow_pickle=True, max_steps=1, split_on="\n",
+                  block_size=64, precision="fp32", device="cpu", seed=0)
+    lora = lmtune.train(session_lines, out=str(root / "lora"), sample_every=0, report=False,
+                        **common)
+    full = lmtune.train(session_lines, out=str(root / "full"), method="full", sample_every=1,
+                        sample_max_new_tokens=4, on_event=lambda e, d: report_events.append(
+                            (e, d)) if e in ("report", "message") else None, **common)
+    labelled = root / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"text": f"the {w} sat", "label": w[0]}) + "\n"
+                                for w in ("cat", "dog") * 8), encoding="utf-8")
+    cls = lmtune.train(labelled, out=str(root / "cls"), task="classify", text_column="text",
+                       label_column="label", **{**common, "split_on": None})
+    return {"base": base, "lora": lora.out, "full": full.out, "cls": cls.out,
+            "lines": session_lines, "root": root, "report_events": report_events}
+
+
+# Every command that loads weights, on a model or run whose base has pickled weights only.
+PICKLE_REFUSALS = {
+    "eval": lambda r: ["eval", r["base"], "--data", r["lines"], "--split-on", "\n"],
+    "compare": lambda r: ["compare", r["base"], r["full"]],
+    "diff": lambda r: ["diff", r["base"], r["full"]],
+    "merge": lambda r: ["merge", r["lora"], "--out", r["root"] / "merged"],
+    "predict": lambda r: ["predict", r["cls"], "--text", "the cat sat"],
+    "report": lambda r: ["report", r["full"]],
+    "serve": lambda r: ["serve", r["base"], "--port", "0"],
+    "demo": lambda r: ["demo", "--model", r["base"], "--out", r["root"] / "demo"],
+}
+
+
+@pytest.mark.parametrize("command", list(PICKLE_REFUSALS))
+def test_every_pickle_refusal_names_a_flag_its_command_accepts(command, on_pickled_base,
+                                                               tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path))  # demo writes its jokes file there
+    root = on_pickled_base["root"]
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    code, _, err = _run(capsys, PICKLE_REFUSALS[command](on_pickled_base))
+    # serve logs "loading ..." first and demo prints its plan; the last lines are the error.
+    error, hint = err.strip().splitlines()[-2:]
+    assert code == 2 and "Traceback" not in err, err
+    assert error.startswith("error: ") and "weights only as pickle files" in error, err
+    assert hint.startswith("hint: ") and "--allow-pickle" in hint, err
+    cls = {name: c for name, c, _, _ in COMMANDS}[command]
+    flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)
+             if not f.metadata.get("positional")}
+    for named in re.findall(r"--[a-z][a-z-]*", error + hint):
+        assert named in flags, f"lmtune {command} has no {named}: {err}"
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing written
+    assert not (tmp_path / "runs").exists()
+
+
+def test_commands_other_than_train_load_pickled_weights_with_allow_pickle(on_pickled_base,
+                                                                         tmp_path, capsys):
+    r = on_pickled_base
+    # The end-of-run report of the full run loaded the base with training's own flag.
+    assert [e for e, _ in r["report_events"]] == ["report"], r["report_events"]
+    code, out, err = _run(capsys, [*PICKLE_REFUSALS["eval"](r), "--allow-pickle", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["tokens"] > 0
+    code, out, err = _run(capsys, ["merge", r["lora"], "--out", tmp_path / "merged",
+                                   "--allow-pickle"])
+    assert code == 0, err
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    # The merged model is safetensors: it needs no trust any more.
+    code, out, err = _run(capsys, ["generate", tmp_path / "merged", "--max-new-tokens", "2"])
+    assert code == 0, err
 
 
 def test_a_malicious_pickle_is_never_unpickled(pickled_model, tiny_gpt2, lines_file, tmp_path,

@@ -165,6 +165,75 @@ def test_disk_full_is_one_clear_error_and_keeps_the_previous_checkpoint(
     assert not (out / ".lock").exists()
 
 
+def _leftovers(out: Path) -> list[str]:
+    """Temporary files and folders of any save, in the run folder or its checkpoints."""
+    return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
+
+
+def test_disk_full_during_the_final_save_keeps_the_previous_final_and_resume_writes_it(
+        tiny_gpt2, lines_file, tmp_path, fast, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "run"
+    assert main(_short_run(tiny_gpt2, lines_file, out, fast, max_steps=2)) == 0
+    before = _snapshot(out / "final")
+    real_save = PreTrainedModel.save_pretrained
+
+    def save_pretrained(self, folder, *a, **kw):
+        real_save(self, folder, *a, **kw)  # the weights are written; the tokenizer is not
+        if "final" in Path(folder).name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                          str(Path(folder) / "model.safetensors"))
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_pretrained)
+    capsys.readouterr()
+    code = main(["train", "--resume", "--out", str(out), "--max-steps", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    error, hint = err.strip().splitlines()[-2:]
+    assert error.startswith("error: disk full while writing ") and "No space left" in error
+    assert hint == f"hint: free disk space, then resume with: lmtune train --resume --out {out}"
+    assert _snapshot(out / "final") == before  # the step-2 model, whole
+    assert checkpoint.complete_steps(out / "checkpoints") == [4]
+    assert _leftovers(out) == []
+    monkeypatch.undo()
+
+    # What a SIGKILL inside the swap leaves: the new folder half-written, the old one renamed
+    # away, no final/. The hint's resume has no steps left: it cleans up and writes final/
+    # from the step-4 checkpoint (and a report, whose own full disk is one message).
+    (out / "final").rename(out / ".tmp-old-final")
+    (out / ".tmp-final").mkdir()
+    (out / ".tmp-final" / "model.safetensors").write_bytes(b"half")
+
+    def savefig(self, path, *a, **kw):
+        Path(path).write_bytes(b"half a png")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    code = main(["train", "--resume", "--out", str(out), "--max-steps", "4", "--report"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"run report not written: disk full while writing {out / 'loss.png'}" in err
+    final, ckpt = load_file(out / "final" / "model.safetensors"), \
+        load_file(out / "checkpoints" / "step-000004" / "model" / "model.safetensors")
+    assert final.keys() == ckpt.keys() and all(torch.equal(final[k], ckpt[k]) for k in final)
+    assert _leftovers(out) == [] and not (out / "loss.png").exists()
+    # Now it is finished: a further resume is refused as before.
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out), "--max-steps", "4"]) == 2
+    assert "already trained 4 steps" in capsys.readouterr().err
+    # lmtune report on a full disk: one error line, the old report kept, no temporary file.
+    assert main(["report", str(out), "--no-compare"]) == 0
+    report = (out / "report.html").read_bytes()
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    capsys.readouterr()
+    code = main(["report", str(out), "--no-compare"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[0] == (f"error: disk full while writing {out / 'loss.png'}: "
+                                   f"No space left on device")
+    assert (out / "report.html").read_bytes() == report and _leftovers(out) == []
+
+
 def test_ctrl_c_twice_during_a_save_exits_at_once_without_a_complete_looking_checkpoint(
         tiny_gpt2, lines_file, tmp_path, fast, monkeypatch, capsys):
     out = tmp_path / "run"

@@ -248,12 +248,12 @@ def test_dataset_smaller_than_one_batch_still_trains(tiny_gpt2, tmp_path, fast):
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_lr_schedule_warms_up_from_above_zero(schedule):
-    from lmtune.train import _scheduler
+    from lmtune.optim import lr_schedule
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
     cfg = TrainConfig(lr=1.0, warmup_steps=3, lr_schedule=schedule)
-    scheduler = _scheduler(optimizer, cfg, total_steps=10)
+    scheduler = lr_schedule(optimizer, cfg, total_steps=10)
     rates = []
     for _ in range(10):
         rates.append(optimizer.param_groups[0]["lr"])

@@ -67,17 +67,20 @@ def run_generate(cfg: GenerateConfig, model, tokenizer) -> list[Sample]:
                          stop=cfg.stop, chat=cfg.chat)
 
 
-def load_classifier(run: str, *, device: str = "auto"):
+def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool = False,
+                    allow_pickle: bool = False):
     """A classification run, loaded once: `clf.predict(["text", ...])` -> Predictions."""
     from lmtune.classify import load_classifier as _load_classifier
-    return _load_classifier(str(run), device=device)
+    return _load_classifier(str(run), device=device, trust_remote_code=trust_remote_code,
+                            allow_pickle=allow_pickle)
 
 
 def predict(run, texts: list[str] | str | None = None, *, data: str | None = None,
             **options) -> list:
     """Label texts (or every text of the file `data`) with a classification run or a
     classifier from `load_classifier`: a list of Prediction(text, label, probs).
-    `options`: text_column, template, format, encoding, batch_size, device."""
+    `options`: text_column, template, format, encoding, batch_size, device,
+    trust_remote_code, allow_pickle."""
     from lmtune.classify import predict as _predict
     return _predict(run, texts, data=None if data is None else str(data), **options)
 
@@ -89,9 +92,11 @@ def evaluate_classifier(run: str, data: str, **options) -> dict:
     return _evaluate(str(run), str(data), **options)
 
 
-def merge(run: str, out: str, *, trust_remote_code: bool = False) -> MergeResult:
+def merge(run: str, out: str, *, trust_remote_code: bool = False,
+          allow_pickle: bool = False) -> MergeResult:
     """Merge a LoRA run into its base and save a standalone model in `out`."""
-    return _merge(str(run), str(out), trust_remote_code=trust_remote_code)
+    return _merge(str(run), str(out), trust_remote_code=trust_remote_code,
+                  allow_pickle=allow_pickle)
 
 
 def serve(*models, on_event: Callable[[str, dict], None] | None = None, **options) -> None:
@@ -134,20 +139,23 @@ def compare(base: str, tuned: str | None = None, **options):
     return _compare(config_mod.build(CompareConfig, values))
 
 
-def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False):
+def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False,
+         allow_pickle: bool = False):
     """Per-tensor and per-block weight change of `tuned` against `base` (`diff(run)` uses
     the run's own base): a DiffResult; LoRA runs are measured without merging."""
     from lmtune.weight_diff import diff as _diff
 
     return _diff(str(base), None if tuned is None else str(tuned),
-                 trust_remote_code=trust_remote_code)
+                 trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
-def write_report(run: str, *, compare: bool = True, device: str = "auto"):
+def write_report(run: str, *, compare: bool = True, device: str = "auto",
+                 trust_remote_code: bool = False, allow_pickle: bool = False):
     """Write loss.png and report.html into the run folder: a ReportResult with their paths."""
     from lmtune.report import write_report as _write_report
 
-    return _write_report(str(run), compare=compare, device=device)
+    return _write_report(str(run), compare=compare, device=device,
+                         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 def inspect_data(data: str, **options):

@@ -243,8 +243,8 @@ class Classifier:
                 for t, p in zip(texts, probs)]
 
 
-def load_classifier(run: str, *, device: str = "auto",
-                    trust_remote_code: bool = False) -> Classifier:
+def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool = False,
+                    allow_pickle: bool = False) -> Classifier:
     """A classification run folder, one of its checkpoints, or its final/ folder."""
     from transformers import AutoModelForSequenceClassification
 
@@ -260,6 +260,7 @@ def load_classifier(run: str, *, device: str = "auto",
     tokenizer = load_tokenizer(resolved, trust_remote_code)
     with _quiet_transformers():
         model = load_base(resolved, trust_remote_code=trust_remote_code,
+                          allow_pickle=allow_pickle,
                           auto_class=AutoModelForSequenceClassification,
                           **head_config(resolved.info["labels"], tokenizer.pad_token_id))
         if resolved.adapter is not None:
@@ -284,7 +285,8 @@ def texts_of(path: str, info: dict, *, text_column: str | None = None,
 def predict(run: "str | Classifier", texts: list[str] | str | None = None, *,
             data: str | None = None, text_column: str | None = None,
             template: str | None = None, format: str | None = None, encoding: str = "utf-8",
-            batch_size: int = 32, device: str = "auto") -> list[Prediction]:
+            batch_size: int = 32, device: str = "auto", trust_remote_code: bool = False,
+            allow_pickle: bool = False) -> list[Prediction]:
     """Label `texts`, or every text of the file `data` (read like the run's training data
     unless `text_column`/`template` say otherwise). `run` may be a `Classifier` from
     `load_classifier`, which keeps the model loaded between calls."""
@@ -293,7 +295,8 @@ def predict(run: "str | Classifier", texts: list[str] | str | None = None, *,
         raise UserError("pass texts to classify (--text) or a file of them (--data), not both"
                         if texts else "nothing to classify",
                         hint="lmtune predict RUN --text '...' [--text ...], or --data FILE")
-    clf = run if isinstance(run, Classifier) else load_classifier(str(run), device=device)
+    clf = run if isinstance(run, Classifier) else load_classifier(
+        str(run), device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if data:
         texts = texts_of(str(data), clf.info, text_column=text_column, template=template,
                          fmt=format, encoding=encoding).texts

@@ -37,8 +37,10 @@ from lmtune.errors import UserError
 def evaluate_classifier(run: str, data: str, *, text_column: str | None = None,
                         label_column: str | None = None, template: str | None = None,
                         format: str | None = None, encoding: str = "utf-8",
-                        batch_size: int = 32, device: str = "auto") -> dict:
-    clf = load_classifier(str(run), device=device)
+                        batch_size: int = 32, device: str = "auto",
+                        trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
+    clf = load_classifier(str(run), device=device, trust_remote_code=trust_remote_code,
+                          allow_pickle=allow_pickle)
     rows = texts_of(str(data), clf.info, text_column=text_column, template=template,
                     label_column=label_column, fmt=format, encoding=encoding, need_labels=True)
     y_true = label_ids(rows.labels, clf.labels, str(data))

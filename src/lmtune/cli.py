@@ -202,7 +202,9 @@ def run_demo_cmd(args: DemoConfig) -> int:
     print(f"Fine-tuning {args.model or 'the default model (SmolLM2-135M-Instruct)'} on the "
           f"jokes that pyjokes ships; prompt: {PROMPT!r}", flush=True)
     with TrainConsole() as console:
-        result = run_demo(out=args.out, epochs=args.epochs, model=args.model, on_event=console)
+        result = run_demo(out=args.out, epochs=args.epochs, model=args.model, on_event=console,
+                          trust_remote_code=args.trust_remote_code,
+                          allow_pickle=args.allow_pickle)
     for title, samples in (("BEFORE fine-tuning", result.before),
                            ("AFTER fine-tuning", result.after)):
         stopped = sum(s.finish_reason == "stop" for s in samples)
@@ -241,7 +243,8 @@ def run_merge(cfg: MergeConfig) -> int:
 
     if not cfg.run or not cfg.out:
         raise UserError("merge needs a run folder and --out", hint="lmtune merge RUN --out DIR")
-    result = merge(cfg.run, cfg.out, trust_remote_code=cfg.trust_remote_code)
+    result = merge(cfg.run, cfg.out, trust_remote_code=cfg.trust_remote_code,
+                   allow_pickle=cfg.allow_pickle)
     print(f"merged model: {result.out}")
     print(f"largest logit difference between adapter and merged model: "
           f"{result.max_logit_diff:.2e}")

@@ -129,7 +129,8 @@ def run_compare(cfg: CompareConfig) -> int:
 def run_diff(cfg: DiffConfig) -> int:
     from lmtune.weight_diff import diff, plot_diff
 
-    result = diff(cfg.base, cfg.tuned, trust_remote_code=cfg.trust_remote_code)
+    result = diff(cfg.base, cfg.tuned, trust_remote_code=cfg.trust_remote_code,
+                  allow_pickle=cfg.allow_pickle)
     if cfg.plot:
         plot_diff(result, cfg.plot)
     if cfg.json:
@@ -172,7 +173,8 @@ def run_report(cfg: ReportConfig) -> int:
     if not cfg.run:
         raise UserError("name the run folder", hint="lmtune report RUN")
     result = write_report(cfg.run, compare=cfg.compare, device=cfg.device,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code,
+                          allow_pickle=cfg.allow_pickle)
     print(f"loss curves: {result.loss_png}")
     print(f"report:      {result.html}")
     return 0

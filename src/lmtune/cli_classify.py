@@ -21,7 +21,8 @@ def run_predict(cfg: PredictConfig) -> int:
         raise UserError("pass texts to classify (--text) or a file of them (--data), not both"
                         if cfg.texts else "nothing to classify",
                         hint="lmtune predict RUN --text '...' [--text ...], or --data FILE")
-    clf = load_classifier(cfg.run, device=cfg.device)
+    clf = load_classifier(cfg.run, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
+                          allow_pickle=cfg.allow_pickle)
     if cfg.data == "-" and not cfg.out:
         # Interactive: the model loads once, then each line is answered as it arrives
         # (about 0.1 s a text for the default model on a CPU; loading takes seconds).

@@ -87,14 +87,15 @@ class ModelPair:
 
     @classmethod
     def load(cls, base: str, tuned: str, device: str = "auto", precision: str = "auto",
-             trust_remote_code: bool = False) -> "ModelPair":
+             trust_remote_code: bool = False, allow_pickle: bool = False) -> "ModelPair":
         model, tok, resolved, dev, autocast = load_for_eval(tuned, device, precision,
-                                                           trust_remote_code)
-        return cls.around(model, tok, resolved, base, dev, autocast, trust_remote_code)
+                                                           trust_remote_code, allow_pickle)
+        return cls.around(model, tok, resolved, base, dev, autocast, trust_remote_code,
+                          allow_pickle)
 
     @classmethod
     def around(cls, tuned_model, tuned_tokenizer, tuned_resolved, base: str, device, autocast,
-               trust_remote_code: bool = False) -> "ModelPair":
+               trust_remote_code: bool = False, allow_pickle: bool = False) -> "ModelPair":
         """A pair for an already-loaded tuned model (the end of training uses this)."""
         base_resolved = resolve(base)
         if (tuned_resolved.adapter is not None and base_resolved.adapter is None
@@ -102,7 +103,8 @@ class ModelPair:
             base_tok = load_tokenizer(base_resolved, trust_remote_code)
             return cls(tuned_model, tuned_tokenizer, tuned_model, base_tok, device, autocast,
                        shares_weights=True)
-        base_model, base_tok, _, _, _ = load_for_eval(base, device, "fp32", trust_remote_code)
+        base_model, base_tok, _, _, _ = load_for_eval(base, device, "fp32", trust_remote_code,
+                                                      allow_pickle)
         return cls(tuned_model, tuned_tokenizer, base_model, base_tok, device, autocast,
                    shares_weights=False)
 
@@ -164,7 +166,7 @@ def compare(cfg: CompareConfig) -> CompareResult:
         read_examples(opts.data, with_run_data_options(opts, tuned if role == "target"
                                                        else None))
     pair = ModelPair.load(base, tuned, cfg.device, run_precision(tuned, cfg.precision),
-                          cfg.trust_remote_code)
+                          cfg.trust_remote_code, cfg.allow_pickle)
     settings = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_k=cfg.top_k, top_p=cfg.top_p)
     result = CompareResult(base=base, tuned=tuned, settings=dict(settings, n=cfg.n,

@@ -26,6 +26,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "linear", "constant")
 TASKS = ("generate", "classify")
 CLASS_WEIGHTS = ("none", "auto")
+# Every command that loads weights takes these two; trust.py's refusals name the flags.
+TRUST_REMOTE_CODE_HELP = "Allow a model to run code from its repository."
+ALLOW_PICKLE_HELP = ("Allow a model whose weights are only in pickle files (.bin, .pt); "
+                     "loaded with torch.load(weights_only=True).")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False,
@@ -190,9 +194,8 @@ class GenerateConfig:
     json: bool = opt(False, "Print one JSON object per sample instead of text.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS)
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
-    allow_pickle: bool = opt(False, "Allow a model whose weights are only in pickle files "
-                             "(.bin, .pt); loaded with torch.load(weights_only=True).")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
     check_memorization: str | None = opt(None, "Training data to check each sample against "
                                          "(read with the run's own template): the longest run "
                                          "of tokens copied from it and whether the sample is a "
@@ -204,7 +207,8 @@ class MergeConfig:
     run: str = opt("", "LoRA run folder (or adapter folder) to merge into its base.",
                    positional=True)
     out: str = opt("", "Folder for the standalone merged model.")
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass
@@ -228,6 +232,8 @@ class PredictConfig:
     json: bool = opt(False, "Print one JSON object per text: text, label, probabilities.")
     batch_size: int = opt(32, "Texts per forward pass.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass
@@ -245,6 +251,8 @@ class DemoConfig:
     epochs: float = opt(3.0, "Passes over the jokes.")
     model: str | None = opt(None, "Model to fine-tune (default: the embedded "
                             "SmolLM2-135M-Instruct).")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass
@@ -273,7 +281,8 @@ class ServeConfig:
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
     precision: str = opt("auto", "Numeric precision of the weights: auto picks bf16 on GPUs and "
                          "CPUs that support it, else fp32.", choices=PRECISIONS)
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass
@@ -298,8 +307,8 @@ class EvalConfig(DataOptions):
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
     precision: str = opt("auto", "Numeric precision (auto: as training picks it).",
                          choices=PRECISIONS, group="evaluation")
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.",
-                                  group="model")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP, group="model")
 
 
 @dataclass
@@ -329,8 +338,8 @@ class CompareConfig(DataOptions):
     json: bool = opt(False, "Print one JSON object instead of tables.", group="output")
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS, group="evaluation")
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.",
-                                  group="models")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="models")
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP, group="models")
 
 
 @dataclass
@@ -343,7 +352,8 @@ class DiffConfig:
     plot: str | None = opt(None, "Write a PNG showing, block by block, where the weights "
                            "changed.")
     top: int = opt(15, "Tensors listed in the table, largest relative change first (0: all).")
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass
@@ -352,7 +362,8 @@ class ReportConfig:
     compare: bool = opt(True, "Generate before/after samples on the run's sample prompts "
                         "(loads the base model).")
     device: str = opt("auto", "Device for the before/after samples.", choices=DEVICES)
-    trust_remote_code: bool = opt(False, "Allow a model to run code from its repository.")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
 
 @dataclass

@@ -40,15 +40,17 @@ def jokes_file() -> Path:
 
 
 def run_demo(*, out: str | None = None, epochs: float = 3.0, model: str | None = None,
-             n: int = 4, on_event: Callable[[str, dict], None] | None = None) -> DemoResult:
+             n: int = 4, on_event: Callable[[str, dict], None] | None = None,
+             trust_remote_code: bool = False, allow_pickle: bool = False) -> DemoResult:
     from lmtune.api import generate, load, train
 
     data = jokes_file()
     options = dict(max_new_tokens=60, n=n, seed=0, temperature=0.8)
-    base = load(model, precision="fp32")
+    trust = dict(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    base = load(model, precision="fp32", **trust)
     before = generate(base, [PROMPT], **options)
     del base
     result = train(str(data), template=TEMPLATE, model=model, epochs=epochs, out=out,
-                   sample_prompts=[PROMPT], on_event=on_event)
-    after = generate(str(result.out), [PROMPT], **options)
+                   sample_prompts=[PROMPT], on_event=on_event, **trust)
+    after = generate(str(result.out), [PROMPT], **options, **trust)
     return DemoResult(data=data, before=before, after=after, train=result)

@@ -124,7 +124,7 @@ def packing_for(spec: str, model_config, block_size: int | None, batch_size: int
 # Loading a model for inference with the precision training would use.
 
 def load_for_eval(spec: str, device: str = "auto", precision: str = "auto",
-                  trust_remote_code: bool = False):
+                  trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer, resolved, device, autocast factory). Weights stay fp32 and bf16/fp16
     run under autocast, as in training, so the numbers match the logged validation loss."""
     from lmtune.models import load
@@ -133,7 +133,8 @@ def load_for_eval(spec: str, device: str = "auto", precision: str = "auto",
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     model, tokenizer, resolved = load(spec, dtype=torch.float32,
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust_remote_code,
+                                      allow_pickle=allow_pickle)
     model.to(dev)
     if prec == "fp32":
         return model, tokenizer, resolved, dev, nullcontext
@@ -177,7 +178,9 @@ def _classifier_eval(cfg: EvalConfig) -> dict:
     return evaluate_classifier(cfg.model, cfg.data, text_column=cfg.text_column,
                                label_column=cfg.label_column, template=cfg.template,
                                format=cfg.format, encoding=cfg.encoding,
-                               batch_size=cfg.batch_size or 32, device=cfg.device)
+                               batch_size=cfg.batch_size or 32, device=cfg.device,
+                               trust_remote_code=cfg.trust_remote_code,
+                               allow_pickle=cfg.allow_pickle)
 
 
 def evaluate_lm(cfg: EvalConfig) -> EvalResult:
@@ -190,7 +193,8 @@ def evaluate_lm(cfg: EvalConfig) -> EvalResult:
     block, batch, pack = packing_for(spec, AutoConfig.from_pretrained(
         resolved.path, trust_remote_code=cfg.trust_remote_code), cfg.block_size, cfg.batch_size)
     model, _, _, device, autocast = load_for_eval(
-        spec, cfg.device, run_precision(spec, cfg.precision), cfg.trust_remote_code)
+        spec, cfg.device, run_precision(spec, cfg.precision), cfg.trust_remote_code,
+        cfg.allow_pickle)
     loss, tokens = loss_on_docs(model, docs, block, batch, device, autocast, pack)
     if tokens == 0:
         raise UserError(f"{cfg.data} has no tokens that count in the loss")

@@ -25,7 +25,8 @@ class MergeResult:
 
 
 @torch.no_grad()
-def merge(run: str, out: str, *, trust_remote_code: bool = False) -> MergeResult:
+def merge(run: str, out: str, *, trust_remote_code: bool = False,
+          allow_pickle: bool = False) -> MergeResult:
     from peft import PeftModel
 
     resolved = resolve(run)
@@ -40,7 +41,8 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False) -> MergeResult
     tokenizer = load_tokenizer(resolved, trust_remote_code)
     # fp32 throughout: merging in bf16 would round the base weights and the check below
     # would measure the rounding, not the merge.
-    base = load_base(resolved, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = load_base(resolved, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                     allow_pickle=allow_pickle)
     model = PeftModel.from_pretrained(base, resolved.adapter).eval()
     probe = torch.tensor([encode_prompt(tokenizer, PROBE_TEXT)])
     before = model(probe).logits

@@ -10,6 +10,7 @@ so it opens offline and can be mailed as one file.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
 import statistics
@@ -43,10 +44,19 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """`write(tmp)`, then rename over `path`: a failed write keeps the old file, leaves no
+    temporary one, and a full disk is one clear error."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"disk full while writing {path}: {e.strerror}",
+                        hint=f"free disk space, then run: lmtune report {path.parent}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,9 +87,7 @@ def plot_loss(metrics: list[dict], path: Path) -> Path:
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3)
     bottom.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path
 
 
@@ -208,7 +216,7 @@ def _check_run(run: Path) -> None:
 
 
 def write_report(run: str | Path, *, pair=None, compare: bool = True, device: str = "auto",
-                 trust_remote_code: bool = False,
+                 trust_remote_code: bool = False, allow_pickle: bool = False,
                  left_out: str = "left out (--no-compare)") -> ReportResult:
     """Write loss.png and report.html into `run`. `pair` (a comparison.ModelPair) skips loading
     the models for the before/after samples; `compare=False` leaves them out (`left_out`
@@ -219,29 +227,32 @@ def write_report(run: str | Path, *, pair=None, compare: bool = True, device: st
     info = json.loads((run / "final" / "lmtune.json").read_text(encoding="utf-8")) \
         if (run / "final" / "lmtune.json").is_file() else {}
     metrics, samples = _records(run / "metrics.jsonl"), _records(run / "samples.jsonl")
-    loss_png = plot_loss(metrics, run / "loss.png")
     before_after, note = None, None
     if info.get("task", "generate") != "generate":
         note = f"not for a {info['task']} run"
     elif compare and not (run / "final").is_dir():
         note = "the run has no final model yet"
     elif compare:
-        before_after = _before_after(run, cfg, info, pair, device, trust_remote_code)
+        before_after = _before_after(run, cfg, info, pair, device, trust_remote_code,
+                                     allow_pickle)
     else:
         note = left_out
+    # Written only now: a model that fails to load leaves the folder as it was.
+    loss_png = plot_loss(metrics, run / "loss.png")
     page = render_html(run, cfg, info, metrics, samples, loss_png.read_bytes(), before_after,
                        note)
     html_path = run / "report.html"
-    _write_atomic(html_path, page.encode("utf-8"))
+    _write_atomic(html_path, lambda tmp: tmp.write_bytes(page.encode("utf-8")))
     return ReportResult(html=html_path, loss_png=loss_png, compared=before_after is not None)
 
 
-def _before_after(run: Path, cfg: dict, info: dict, pair, device: str, trust_remote_code: bool):
+def _before_after(run: Path, cfg: dict, info: dict, pair, device: str, trust_remote_code: bool,
+                  allow_pickle: bool):
     from lmtune.comparison import ModelPair, same_seed_samples
 
     if pair is None:
         base = info.get("base_model") or cfg.get("model")
-        pair = ModelPair.load(base, str(run), device, "auto", trust_remote_code)
+        pair = ModelPair.load(base, str(run), device, "auto", trust_remote_code, allow_pickle)
     prompts = list(cfg.get("sample_prompts") or []) or [""]
     return same_seed_samples(pair, prompts, n=BEFORE_AFTER_SAMPLES, seed=cfg.get("seed", 0),
                              max_new_tokens=cfg.get("sample_max_new_tokens") or 64)
@@ -257,16 +268,19 @@ def report_at_end(out: Path, model, tokenizer, device, autocast, emit) -> None:
     try:
         info = json.loads((out / "final" / "lmtune.json").read_text(encoding="utf-8"))
         cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+        # The base loads as training loaded it: the same command, the same trust.
+        trust = dict(trust_remote_code=bool(cfg.get("trust_remote_code")),
+                     allow_pickle=bool(cfg.get("allow_pickle")))
         if info.get("task", "generate") != "generate":
             result = write_report(out, compare=False)
         elif not cfg.get("sample_every"):
             result = write_report(out, compare=False, left_out="left out: samples were turned "
                                                                "off (--sample-every 0)")
         elif model is None:  # the tuned model is not whole in memory (FSDP): load final/
-            result = write_report(out, device=device.type)
+            result = write_report(out, device=device.type, **trust)
         else:
             pair = ModelPair.around(model, tokenizer, resolve(str(out)), info["base_model"],
-                                    device, autocast)
+                                    device, autocast, **trust)
             result = write_report(out, pair=pair)
     except (UserError, OSError, ValueError, RuntimeError) as e:
         emit("message", {"text": f"run report not written: {e}"})

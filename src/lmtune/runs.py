@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from lmtune.checkpoint import TMP_PREFIX
 from lmtune.errors import UserError
 from lmtune.models import RUN_FILE
 
@@ -149,12 +150,43 @@ def run_info(cfg, base_model: str) -> dict:
 def save_artifact(folder: Path, model, tokenizer, info: dict,
                   state_dict: dict | None = None) -> None:
     """Weights (safetensors), tokenizer and lmtune.json: loadable by transformers or PEFT.
-    `state_dict`: the weights when the model holds only a shard of them (FSDP)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    `state_dict`: the weights when the model holds only a shard of them (FSDP).
+
+    Written beside `folder` under a temporary name and swapped in whole, as checkpoints are:
+    a crash or a full disk during the save never leaves a `folder` that looks complete but is
+    half-written, and a previous `folder` stays until the new one is complete."""
+    tmp = folder.with_name(TMP_PREFIX + folder.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     given = {} if state_dict is None else {"state_dict": state_dict}
-    model.save_pretrained(folder, safe_serialization=True, **given)
-    tokenizer.save_pretrained(folder)
-    (folder / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, **given)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename the old folder away, the new one in, then delete the old one. A kill between
+    the renames leaves no `target` at all (never a mix), and the next `lmtune train --resume`
+    writes it again from the last checkpoint."""
+    old = target.with_name(TMP_PREFIX + "old-" + target.name)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.is_symlink():  # the link goes, never what it points to
+        target.unlink()
+    elif target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_partial_artifacts(out: Path) -> None:
+    """Remove what a crash during `save_artifact` left in the run folder."""
+    for name in ("final", "old-final"):
+        shutil.rmtree(out / (TMP_PREFIX + name), ignore_errors=True)
 
 
 class JsonlWriter:

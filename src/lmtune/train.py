@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from lmtune import checkpoint, config as config_mod, distributed
+from lmtune import checkpoint, config as config_mod, distributed, optim, resume
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.flops import flops_per_token, peak_flops
@@ -34,18 +34,13 @@ from lmtune.models import context_length, load_tokenizer, num_layers, resolve
 from lmtune.packed_attention import use_packed_attention
 from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
-from lmtune.runs import (JsonlWriter, RunLock, check_out, clear_run, default_out,
-                         drop_records_after, run_info, save_artifact)
+from lmtune.runs import (JsonlWriter, RunLock, check_out, clean_partial_artifacts, clear_run,
+                         default_out, drop_records_after, run_info, save_artifact)
 from lmtune.runtime import (pick_device, pick_precision, reuse_freed_memory, set_threads,
                             torch_dtype)
 from lmtune.tasks import task_for
 
-# Settings that may differ when resuming; any other change is refused by name.
-RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
-                     "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
-                     "keep", "patience", "device", "out", "data", "val_data", "report",
-                     "dry_run", "force_resume", "allow_pickle",
-                     "devices"}  # another world size: see World.check_resume
+ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")  # saved as False
 MAX_BAD_STEPS = 5
 EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
 
@@ -116,7 +111,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     cfg, plan, train_set, val_set = data.cfg, data.plan, data.train_set, data.val_set
     cfg = dataclasses.replace(cfg, model=cfg.model or config_mod.DEFAULT_MODEL, out=str(out))
     data_hash = data.data_hash
-    start, changes = _read_resume_state(out, cfg, data_hash) if cfg.resume else (None, [])
+    start, changes = resume.find_start(out, cfg, data_hash) if cfg.resume else (None, [])
     if start is not None:
         world.check_resume(checkpoint.read_state(start), out)
 
@@ -130,7 +125,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             and plan.block_size <= EAGER_MAX_BLOCK:
         _prefer_eager_attention(model)
     if start is not None and cfg.method != "lora":
-        _load_weights(model, start / "model")
+        resume.load_weights(model, start / "model")
     model = apply_method(model, cfg)
     if start is not None and cfg.method == "lora":
         from peft import set_peft_model_state_dict
@@ -144,12 +139,12 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     accelerator = _accelerator(device, precision)
     if world.fsdp:  # sharded in place; accelerate's prepare would wrap it in DDP as well
         model = world.wrap_fsdp(model)
-        optimizer = accelerator.prepare(_optimizer(model, cfg, device))
+        optimizer = accelerator.prepare(optim.adamw(model, cfg, device))
     else:
-        optimizer = _optimizer(model, cfg, device)
+        optimizer = optim.adamw(model, cfg, device)
         model, optimizer = accelerator.prepare(model, optimizer)
     distributed.seed_ranks(world, cfg.seed)
-    scheduler = _scheduler(optimizer, cfg, plan.total_steps)
+    scheduler = optim.lr_schedule(optimizer, cfg, plan.total_steps)
     # best_score is the task's best_metric (val_loss for generate, macro_f1 for classify) at
     # best_step; best_rank is what picked that step (task.rank: lower is better).
     state = {"step": 0, "tokens": 0, "best_score": None, "best_rank": None, "best_step": None,
@@ -162,7 +157,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             warnings.simplefilter("ignore")
             for _ in range(state["step"]):  # the schedule is a pure function of the step
                 scheduler.step()
-    if state["step"] >= plan.total_steps:
+    # A run whose steps are done but whose final/ save failed (a full disk, a kill) resumes
+    # into no steps at all: final/ and the report are written from the last checkpoint.
+    if state["step"] >= plan.total_steps and resume.final_is_current(out, start):
         raise UserError(f"{out} already trained {state['step']} steps",
                         hint="raise --max-steps or --epochs to train further")
 
@@ -191,13 +188,16 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             if cfg.overwrite and not cfg.resume:
                 clear_run(out)
             checkpoint.clean_partial(out / "checkpoints")
+            clean_partial_artifacts(out)
             if start is not None:
                 # After a crash the logs run past the checkpoint; those steps run again.
                 for name in ("metrics.jsonl", "samples.jsonl"):
                     drop_records_after(out / name, state["step"])
-            # --force-resume is saved off: a later plain --resume (which starts from this
-            # file) must check its settings again.
-            saved = dataclasses.replace(cfg, force_resume=False)
+            # The file describes the run, not the command that last touched it: one-shot
+            # actions are saved off, so `--config RUN/config.yaml` starts a like run instead
+            # of resuming or overwriting, and a later plain --resume (which starts from this
+            # file) checks its settings again instead of inheriting --force-resume.
+            saved = dataclasses.replace(cfg, **{name: False for name in ONE_SHOT_ACTIONS})
             (out / "config.yaml").write_text(config_mod.to_yaml(saved), encoding="utf-8")
         info = {**run_info(cfg, _base_name(cfg.model, resolved)), **task.info()}
         stop = _StopFlag()
@@ -408,36 +408,6 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers.
 
-def _read_resume_state(out: Path, cfg: TrainConfig, data_hash: str) -> tuple[Path, list[str]]:
-    """The checkpoint to resume from, and what changed since the run started (refused unless
-    --force-resume; then the changes are reported)."""
-    saved = config_mod.build(TrainConfig, {}, str(out / "config.yaml"))
-    changes = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in RESUMABLE_CHANGES:
-            continue
-        old, new = getattr(saved, f.name), getattr(cfg, f.name)
-        if old != new:
-            flag = "--" + f.name.replace("_", "-")
-            if not cfg.force_resume:
-                raise UserError(f"cannot resume {out}: {flag} changed from {old!r} to {new!r}",
-                                hint=f"resume with the run's own settings (drop {flag}), start "
-                                     f"a new run with another --out, or pass --force-resume")
-            changes.append(f"{flag} changed from {old!r} to {new!r}")
-    ckpt = checkpoint.latest(out / "checkpoints")
-    if ckpt is None:
-        raise UserError(f"cannot resume {out}: it has no complete checkpoint",
-                        hint="start it again with --overwrite")
-    checkpoint.verify(ckpt)
-    if checkpoint.read_state(ckpt).get("data_hash") != data_hash:
-        if not cfg.force_resume:
-            raise UserError(f"cannot resume {out}: the training data changed since the "
-                            f"checkpoint", hint="resume with the same data, start a new run, "
-                                                "or pass --force-resume")
-        changes.append("the training data changed since the checkpoint")
-    return ckpt, changes
-
-
 def _peek_config(resolved, trust_remote_code: bool):
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
@@ -457,24 +427,6 @@ def _base_name(spec: str, resolved) -> str:
     path for a local folder (so the run still loads from another working directory)."""
     p = Path(spec).expanduser()
     return str(p.resolve()) if p.exists() else spec
-
-
-def _load_weights(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-    missing = {n for n, _ in model.named_parameters()}
-    for f in sorted(folder.glob("*.safetensors")):
-        sd = load_file(f)
-        try:
-            model.load_state_dict(sd, strict=False)
-        except RuntimeError as e:  # shapes differ: --force-resume onto another base model
-            raise UserError(f"checkpoint weights in {f} do not fit the model "
-                            f"({str(e).splitlines()[-1].strip()})",
-                            hint="resume with the run's own --model") from None
-        missing -= set(sd)
-    head = model.get_output_embeddings()  # None for a classifier: it has a label head
-    tied = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
-    if missing - tied:
-        raise UserError(f"checkpoint {folder} lacks weights: {sorted(missing - tied)[:3]}")
 
 
 def _prefer_eager_attention(model) -> None:
@@ -520,41 +472,6 @@ def _clip_gradients(accelerator, params, max_norm: float, sharded: bool = False)
     if math.isfinite(norm) and norm > max_norm:
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))  # torch's clip coefficient
     return norm
-
-
-def _optimizer(model, cfg, device: str):
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    # Fused AdamW (one kernel over all tensors) on CUDA and CPU: on this 2-core CPU it stepped
-    # 29M parameters in 13 ms against 56 ms for foreach. Other devices take foreach.
-    if device in ("cuda", "cpu"):
-        try:
-            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-
-
-def _scheduler(optimizer, cfg, total_steps: int):
-    """Linear warmup, then cosine, linear or constant. The factor for step i + 1 (i steps
-    done) ramps as (i + 1) / (warmup + 1), as in nanoGPT: the transformers schedulers start at
-    0, which wasted the first step and left a one-step run's weights untouched."""
-    warmup, kind = cfg.warmup_steps, cfg.lr_schedule
-
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _NoWriter:

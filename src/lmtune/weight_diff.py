@@ -97,12 +97,14 @@ class DiffResult:
 # ---------------------------------------------------------------------------------------------
 # (name, base tensor, a function giving dW or None), one tensor at a time.
 
-def _lora_pairs(tuned_resolved, base_params: dict | None, trust_remote_code: bool):
+def _lora_pairs(tuned_resolved, base_params: dict | None, trust_remote_code: bool,
+                allow_pickle: bool):
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
-    model = load_base(tuned_resolved, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = load_base(tuned_resolved, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                      allow_pickle=allow_pickle)
     own = dict(model.named_parameters())  # canonical names; PEFT keeps these Parameter objects
     peft_model = PeftModel.from_pretrained(model, tuned_resolved.adapter).eval()
     adapter = peft_model.active_adapter
@@ -146,7 +148,8 @@ def _weight_pairs(base_params: dict, tuned_params: dict):
 
 
 @torch.no_grad()
-def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False) -> DiffResult:
+def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False,
+         allow_pickle: bool = False) -> DiffResult:
     base, tuned = pair_specs(base, tuned)
     base_res, tuned_res = resolve(base), resolve(tuned)
     for r in (base_res, tuned_res):
@@ -158,11 +161,13 @@ def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False
                         hint=f"merge it first (lmtune merge {base} --out DIR) and diff against "
                              f"the merged folder")
     load = lambda r: dict(load_base(r, dtype=torch.float32,  # noqa: E731
-                                    trust_remote_code=trust_remote_code).named_parameters())
+                                    trust_remote_code=trust_remote_code,
+                                    allow_pickle=allow_pickle).named_parameters())
     if tuned_res.adapter is not None:
         same = Path(base_res.path).resolve() == Path(tuned_res.path).resolve() \
             if Path(base_res.path).exists() else base_res.path == tuned_res.path
-        pairs = _lora_pairs(tuned_res, None if same else load(base_res), trust_remote_code)
+        pairs = _lora_pairs(tuned_res, None if same else load(base_res), trust_remote_code,
+                            allow_pickle)
         kind = "lora"
     else:
         pairs = _weight_pairs(load(base_res), load(tuned_res))

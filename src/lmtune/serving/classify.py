@@ -7,9 +7,10 @@ only shapes its predictions as the endpoint's answer.
 from __future__ import annotations
 
 
-def load(resolved, device: str, trust_remote_code: bool = False):
+def load(resolved, device: str, trust_remote_code: bool = False, allow_pickle: bool = False):
     from lmtune.classify import load_classifier
-    return load_classifier(resolved.spec, device=device, trust_remote_code=trust_remote_code)
+    return load_classifier(resolved.spec, device=device, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle)
 
 
 def predict(served, texts: list[str]) -> tuple[list[dict], int]:

@@ -89,7 +89,7 @@ def plan(models: list[str], named: list[str]) -> dict[str, Resolved]:
 
 
 def load(planned: dict[str, Resolved], *, device: str, dtype,
-         trust_remote_code: bool = False) -> dict[str, Served]:
+         trust_remote_code: bool = False, allow_pickle: bool = False) -> dict[str, Served]:
     """Load every planned model, each distinct base exactly once."""
     served = {name: Served(name, r, "classify" if is_classifier(r) else "generate")
               for name, r in planned.items()}
@@ -97,22 +97,23 @@ def load(planned: dict[str, Resolved], *, device: str, dtype,
     for s in served.values():
         if s.task == "classify":
             from lmtune.serving import classify
-            s.classifier = classify.load(s.resolved, device, trust_remote_code)
+            s.classifier = classify.load(s.resolved, device, trust_remote_code, allow_pickle)
             continue
         # The base's folder identifies it: two runs of the same base name the same folder.
         by_base.setdefault(str(Path(s.resolved.path).resolve())
                            if Path(s.resolved.path).exists() else s.resolved.path, []).append(s)
     for key, members in by_base.items():
         _load_group(key, members, device=device, dtype=dtype,
-                    trust_remote_code=trust_remote_code)
+                    trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return served
 
 
 def _load_group(key: str, members: list[Served], *, device: str, dtype,
-                trust_remote_code: bool) -> None:
+                trust_remote_code: bool, allow_pickle: bool) -> None:
     from peft import PeftModel
 
-    model = load_base(members[0].resolved, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_base(members[0].resolved, dtype=dtype, trust_remote_code=trust_remote_code,
+                      allow_pickle=allow_pickle)
     adapters = [s for s in members if s.resolved.adapter is not None]
     for i, s in enumerate(adapters):
         # PEFT adapter names become module keys, which may not contain dots: number them.

@@ -117,7 +117,8 @@ def load_models(prepared: Prepared, on_event: Callable[[str, dict], None]) -> No
     try:
         set_threads()
         models = registry.load(prepared.planned, device=device, dtype=torch_dtype(precision),
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code,
+                               allow_pickle=cfg.allow_pickle)
         groups = {id(s.group): s.group for s in models.values() if s.group is not None}
         engine = Engine(list(groups.values()), cfg.max_concurrency)
         engine.start()
