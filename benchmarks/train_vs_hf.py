@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["gpt2-6x384", "smollm2-lora"])
     ap.add_argument("--data", nargs="+", default=["short", "long"])
     ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--long-chars", type=int, default=400_000,
+                    help="characters of docstrings for the long-text data")
     ap.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16")
     ap.add_argument("--child")
     args = ap.parse_args()
@@ -223,7 +225,8 @@ def main() -> None:
             n_params = _count_params(model)
             lr = 1e-3 if lora else 5e-4
             for data_kind in args.data:
-                train, val = split(short_texts() if data_kind == "short" else long_texts())
+                train, val = split(short_texts() if data_kind == "short"
+                                   else long_texts(args.long_chars))
                 files = {}
                 for name, texts in (("train", train), ("val", val)):
                     files[name] = f"{tmp}/{model_kind}-{data_kind}-{name}.json"
