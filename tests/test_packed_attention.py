@@ -84,3 +84,18 @@ def test_unknown_model_types_keep_their_attention():
                                            attention_types=[[["global"], 1]], vocab_size=50))
     assert not pa.use_packed_attention(model)
     assert model.config._attn_implementation != pa.NAME
+
+
+def test_fast_dropout_keeps_each_element_with_probability_1_minus_p():
+    from lmtune.fast_dropout import dropout, dropout_mask
+    torch.manual_seed(0)
+    keep, scale = dropout_mask(torch.Size([2_000_000]), 0.2, "cpu")
+    # the two halves of each 32-bit draw (even and odd elements) are each Bernoulli(0.8)
+    for half in (keep[0::2], keep[1::2]):
+        assert float(half.float().mean()) == pytest.approx(0.8, abs=2e-3)
+    assert scale == pytest.approx(1 / 0.8, rel=1e-4)
+    assert float(dropout(torch.ones(1000, 1000), 0.2).mean()) == pytest.approx(1.0, abs=5e-3)
+    torch.manual_seed(5)
+    a = dropout(torch.ones(100), 0.5)
+    torch.manual_seed(5)
+    assert torch.equal(a, dropout(torch.ones(100), 0.5))  # the seed reproduces the mask

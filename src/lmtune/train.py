@@ -25,6 +25,7 @@ import torch
 from lmtune import checkpoint, config as config_mod, distributed, optim, resume
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
+from lmtune.fast_dropout import use_fast_dropout
 from lmtune.flops import flops_per_token, peak_flops
 from lmtune.generate import generate
 from lmtune.memorization import LazyIndex, copy_summary
@@ -127,6 +128,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     if start is not None and cfg.method != "lora":
         resume.load_weights(model, start / "model")
     model = apply_method(model, cfg)
+    if device == "cpu":
+        use_fast_dropout(model)
     if start is not None and cfg.method == "lora":
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
