@@ -248,3 +248,17 @@ def test_fsdp_and_devices_refuse_what_they_cannot_do(setup, tmp_path):
     with pytest.raises(UserError, match="--devices must be at least 1"):
         lmtune.train(setup["data"], devices=0, **base)
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_hint_names_the_launcher_the_run_needs(monkeypatch):
+    from lmtune.distributed import resume_command
+    from lmtune.launch import RESULT_ENV
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", RESULT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_command("r") == "lmtune train --resume --out r"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_command("r") == ("torchrun --nproc_per_node 2 --nnodes 2 ... -m lmtune train "
+                                   "--resume --out r")
+    monkeypatch.setenv(RESULT_ENV, "/tmp/x")  # a --devices run relaunches itself
+    assert resume_command("r") == "lmtune train --resume --out r"

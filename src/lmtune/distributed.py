@@ -291,6 +291,20 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def resume_command(out) -> str:
+    """The command that resumes the run in `out` the way it was started: one process and
+    --devices runs resume with plain `lmtune train` (a --devices run relaunches itself), runs
+    under torchrun or accelerate launch need their launcher and process count again."""
+    from lmtune.launch import RESULT_ENV
+    if launched_world_size() > 1 and RESULT_ENV not in os.environ:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE"))
+        nodes = int(os.environ["WORLD_SIZE"]) // max(1, int(per_node))
+        more = f" --nnodes {nodes} ..." if nodes > 1 else ""
+        return (f"torchrun --nproc_per_node {per_node}{more} -m lmtune train --resume "
+                f"--out {out}")
+    return f"lmtune train --resume --out {out}"
+
+
 def start(cfg) -> World:
     """The world this process belongs to; joins the process group when a launcher started
     several processes."""

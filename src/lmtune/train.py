@@ -213,8 +213,8 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise UserError(f"disk full while writing {e.filename or out}: {e.strerror}",
-                            hint=f"free disk space, then resume with: lmtune train --resume "
-                                 f"--out {out}") from None
+                            hint=f"free disk space, then resume with: "
+                                 f"{distributed.resume_command(out)}") from None
         finally:
             stop.restore()
 
@@ -382,7 +382,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(f"stopped by {name} at step {step}; checkpoint saved in "
                                   f"{out / 'checkpoints' / checkpoint.step_name(step)}",
-                                  hint=f"resume with: lmtune train --resume --out {out}")
+                                  hint=f"resume with: {distributed.resume_command(out)}")
             if cfg.patience and state["bad_evals"] >= cfg.patience:
                 stopped = "patience"
                 emit("message", {"text": f"stopping early: no better {task.best_metric} in "
