@@ -314,8 +314,8 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                 step_loss += loss.detach()
             # One host sync per step: a non-finite gradient must skip the update, never
             # reach the weights (and so never a checkpoint).
-            grad_norm = _clip_gradients(accelerator, params, cfg.grad_clip or float("inf"),
-                                         sharded=world.fsdp)
+            grad_norm = optim.clip_gradients(accelerator, params, cfg.grad_clip or float("inf"),
+                                              sharded=world.fsdp)
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 state["skipped_steps"] += 1
@@ -452,29 +452,6 @@ def _accelerator(device: str, precision: str):
     AcceleratorState._reset_state()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
-
-
-def _clip_gradients(accelerator, params, max_norm: float, sharded: bool = False) -> float:
-    """The total gradient norm (a float: the step's one host sync), after clipping to
-    `max_norm`. torch's clip_grad_norm_ multiplies every gradient by min(1, max/norm) to avoid
-    a sync; we sync anyway for the finiteness check, so gradients are touched only when they
-    are clipped (the multiply was 3% of a small GPT-2 step). FSDP and other engines that
-    shard gradients (--fsdp) keep accelerate's own clipping."""
-    from accelerate.utils import DistributedType
-    if sharded or accelerator.distributed_type not in (
-            DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        norm = accelerator.clip_grad_norm_(params, max_norm)
-        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor of the global norm
-            norm = norm.full_tensor()
-        return float(norm)
-    accelerator.unscale_gradients()  # fp16's loss scale; nothing otherwise
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = float(torch.nn.utils.get_total_norm(grads, foreach=True))
-    if math.isfinite(norm) and norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))  # torch's clip coefficient
-    return norm
 
 
 class _NoWriter:
