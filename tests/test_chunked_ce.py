@@ -106,3 +106,52 @@ def test_chunked_path_under_bf16_autocast_matches_plain(fixture, request):
     keep_lora_inputs_in_autocast_dtype(apply_lora(model, r=4, alpha=8, dropout=0.0,
                                                   targets=None))
     assert not any(getattr(m, "cast_input_dtype_enabled", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])  # tied head; untied head
+def test_step_memory_gives_the_same_gradients_and_then_steps_aside(fixture, request):
+    """One CPU process keeps the loss's buffers between steps and accumulates the embedding's
+    and head's gradients into persistent buffers (step_memory.py): the gradients must equal
+    autograd's, over two micro-batches, and the model must be as before afterwards."""
+    from lmtune.step_memory import cpu_step_memory
+    folder = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    model = load_base(Resolved(str(folder), str(folder)))
+    model.train()
+    batch = _batch(folder)
+    embedding = model.get_input_embeddings()
+
+    def two_micro_batches():
+        model.zero_grad(set_to_none=True)
+        for scale in (3.0, 5.0):  # the loop's division by the target count
+            torch.manual_seed(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_sum(model, batch, "cpu")
+            (loss / scale).backward()
+        return _grads(model)
+
+    plain = two_micro_batches()
+    for _ in range(2):  # the second step reuses the buffers the first one left
+        with cpu_step_memory(model):
+            assert "forward" in vars(embedding)  # the embedding's backward is ours
+            kept = two_micro_batches()
+        assert kept.keys() == plain.keys() and plain
+        for name in plain:  # the same sums, added in another order
+            torch.testing.assert_close(kept[name], plain[name], rtol=1e-5, atol=1e-7)
+    assert "forward" not in vars(embedding)
+    assert two_micro_batches().keys() == plain.keys()
+
+
+def test_direct_embedding_gradient_skips_the_padding_row():
+    from lmtune.step_memory import _EmbeddingDirectGrad, accumulate_rows  # noqa: F401
+    from lmtune import step_memory
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, padding_idx=0)
+    ids = torch.tensor([[0, 3, 3, 7], [0, 1, 9, 3]])
+    out_grad = torch.randn(2, 4, 4)
+    emb(ids).backward(out_grad)
+    expected = emb.weight.grad.clone()
+    emb.weight.grad = None
+    step_memory._EmbeddingDirectGrad.apply(emb.weight, ids, 0).backward(out_grad)
+    torch.testing.assert_close(emb.weight.grad, expected)
+    assert float(emb.weight.grad[0].abs().sum()) == 0

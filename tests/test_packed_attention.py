@@ -14,9 +14,12 @@ POSITIONS = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 0],
 
 def test_window_starts_are_each_chunks_earliest_document_start(monkeypatch):
     monkeypatch.setattr(pa, "CHUNK", 3)
+    monkeypatch.setattr(pa, "START_QUANTUM", 1)
     # chunks start at rows 0, 3, 6, 9; row 0's documents start at 0, 3, 3, 8; row 1's at
     # 0, 0, 6, 6: the earliest over the batch
     assert pa.key_window_starts(POSITIONS) == [0, 0, 3, 6]
+    monkeypatch.setattr(pa, "START_QUANTUM", 2)  # rounded down: fewer distinct matmul shapes
+    assert pa.key_window_starts(POSITIONS) == [0, 0, 2, 6]
 
 
 def _run(model, **inputs):
@@ -28,8 +31,10 @@ def _run(model, **inputs):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
-def test_packed_attention_equals_eager(fixture, request, monkeypatch):
+@pytest.mark.parametrize("quantum", [1, 2])
+def test_packed_attention_equals_eager(fixture, quantum, request, monkeypatch):
     monkeypatch.setattr(pa, "CHUNK", 3)  # several chunks, a ragged last one
+    monkeypatch.setattr(pa, "START_QUANTUM", quantum)
     folder = request.getfixturevalue(fixture)
     model = load_base(Resolved(str(folder), str(folder)))
     model.eval()  # no dropout: both passes must see the same network
@@ -60,6 +65,7 @@ def test_packed_attention_equals_eager(fixture, request, monkeypatch):
 def test_documents_do_not_see_each_other_through_the_window(tiny_llama, monkeypatch):
     """Changing an earlier document must not change a later one's logits."""
     monkeypatch.setattr(pa, "CHUNK", 4)
+    monkeypatch.setattr(pa, "START_QUANTUM", 2)  # windows reach into the earlier document
     model = load_base(Resolved(str(tiny_llama), str(tiny_llama)))
     model.eval()
     assert pa.use_packed_attention(model)

@@ -15,20 +15,10 @@ import inspect
 import torch
 from torch import nn
 
+from lmtune import step_memory
+from lmtune.step_memory import buffer
+
 CHUNK_ROWS = 512  # 512 x 49,152 fp32 log-probs: 100 MB at a time
-
-
-ROW_QUANTUM = 64
-
-
-def _rows(n: int, vocab: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """An (n, vocab) buffer cut from one of a few fixed sizes (n rounded up to ROW_QUANTUM).
-    The number of target rows changes with every batch; so would these 20-100 MB buffers, and
-    the allocator, unable to reuse a slightly smaller freed block, grew the heap step after
-    step (1.3 -> 1.7 GB over two epochs of a small GPT-2). Rows past n are never touched, so
-    they cost no memory."""
-    rounded = -(-n // ROW_QUANTUM) * ROW_QUANTUM
-    return torch.empty((rounded, vocab), dtype=dtype, device=device)[:n]
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -43,8 +33,11 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         # head); with one chunk, the usual case for short-text steps, it is the chunk's matmul
         # output as is. Zero-filling an fp32 buffer and adding into it cost 8% of a small GPT-2
         # step.
-        grad_weight = None
-        w = weight.to(compute_dtype)
+        grad_weight, held = None, None
+        vocab, device = weight.shape[0], weight.device
+        w = weight
+        if weight.dtype != compute_dtype:
+            w = buffer("weight", vocab, weight.shape[1], compute_dtype, device).copy_(weight)
         total = torch.zeros((), dtype=torch.promote_types(compute_dtype, torch.float32),
                             device=hidden.device)
         # Rows without a target (document starts, prompts, padding) are skipped: no logits,
@@ -53,9 +46,10 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         acc = torch.promote_types(compute_dtype, torch.float32)  # softmax sums: fp32 or more
         for start in range(0, len(rows), CHUNK_ROWS):
             idx = rows[start:start + CHUNK_ROWS]
+            n = len(idx)
             h = hidden[idx].to(compute_dtype)                       # (n, H)
             y = labels[idx]
-            logits = torch.mm(h, w.T, out=_rows(len(idx), w.shape[0], compute_dtype, w.device))
+            logits = torch.mm(h, w.T, out=buffer("logits", n, vocab, compute_dtype, device))
             if not with_grads:  # evaluation: the exact loss only
                 logp = torch.log_softmax(logits, dim=-1, dtype=acc)
                 total -= logp.gather(1, y[:, None]).sum()
@@ -64,25 +58,34 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             # An fp32 softmax is half the cost of a log-softmax on CPU (7 against 15 ms for
             # 221 x 49,152), and its p[y] gives the loss to fp32 precision; a p[y] below
             # fp32's smallest normal (a token loss above 87 nats) is counted as 87.
-            probs = torch.softmax(logits, dim=-1, dtype=acc,
-                                  out=_rows(len(idx), w.shape[0], acc, w.device))
-            del logits
+            probs = buffer("probs", n, vocab, acc, device)
+            if device.type == "cpu":
+                # torch's CPU softmax with dtype= first makes an fp32 copy of its input (8 ms
+                # for 221 x 49,152); copying into the output and working in place: 3 ms.
+                torch.softmax(probs.copy_(logits), dim=-1, out=probs)
+            else:
+                torch.softmax(logits, dim=-1, dtype=acc, out=probs)
             arange = torch.arange(len(y), device=y.device)
             p_y = probs[arange, y]
             total -= p_y.clamp_min(torch.finfo(acc).tiny).log().sum()
             probs[arange, y] = p_y - 1.0  # in fp32: p - 1 of a confident p is tiny
-            grad_c = _rows(len(idx), w.shape[0], compute_dtype, w.device).copy_(probs)
+            grad_c = logits.copy_(probs)  # the logits are spent: their buffer holds the grads
             del probs
             grad_hidden[idx] = (grad_c @ w).to(hidden.dtype)
             if need_w:
-                chunk_gw = grad_c.T @ h
                 if grad_weight is None:
-                    grad_weight = chunk_gw
+                    grad_weight = torch.mm(grad_c.T, h, out=buffer(
+                        "grad_weight", vocab, h.shape[1], compute_dtype, device))
+                    held = step_memory.hold("grad_weight", compute_dtype, device)
                 else:
-                    grad_weight = grad_weight.to(acc)  # several chunks add up in fp32
-                    grad_weight += chunk_gw
+                    if grad_weight.dtype != acc:  # several chunks add up in fp32
+                        grad_weight = buffer("grad_weight_sum", vocab, h.shape[1], acc,
+                                             device).copy_(grad_weight)
+                        step_memory.release(held)
+                        held = step_memory.hold("grad_weight_sum", acc, device)
+                    grad_weight += grad_c.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight, ctx.held = weight, held
         return total
 
     @staticmethod
@@ -92,8 +95,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             raise RuntimeError("backward through a loss computed without gradients")
         gw = None
         if grad_weight is not None:
-            # A fresh tensor (autograd keeps it as .grad), scaled in place after the cast.
-            gw = grad_weight.to(ctx.weight_dtype, copy=True).mul_(grad_out)
+            if step_memory.direct(ctx.weight):  # one CPU process: into the persistent .grad
+                step_memory.accumulate(ctx.weight, grad_weight, float(grad_out))
+            else:
+                # A fresh tensor (autograd keeps it as .grad), scaled in place after the cast.
+                gw = grad_weight.to(ctx.weight.dtype, copy=True).mul_(grad_out)
+            step_memory.release(ctx.held)
         return grad_hidden * grad_out.to(grad_hidden.dtype), gw, None, None, None
 
 

@@ -1,0 +1,176 @@
+"""Keeping a CPU training step's vocabulary-sized tensors away from the allocator.
+
+The big tensors of a small model's step all come from its vocabulary: the bf16 copy of the LM
+head's weight, a chunk's logits and softmax, and the head's weight gradient (49,152 x 384 for
+a small GPT-2: 72 MB in fp32). GPT-2 ties that weight to the input embedding, whose backward
+builds a second dense gradient of the same size only to add it to the first. glibc serves
+each of these straight from the OS and hands it back when freed, so every step page-faulted
+them in afresh (a third of a small GPT-2 step); keeping freed memory in the heap instead made
+the heap grow step after step (1.2 -> 1.9 GB) as differently sized blocks fragmented it.
+
+Inside `cpu_step_memory(model)` (training, one process, CPU) two things change:
+- A workspace: the loss's large buffers (chunked_ce.py) are allocated once and reused.
+- Direct gradients: the gradients of the input embedding and of the LM head are accumulated
+  into one persistent buffer per weight, set as its `.grad` at the step's first contribution.
+  The embedding's backward adds its rows there (`index_add_`) instead of building a dense
+  matrix. Autograd does not see these two weights' gradients (their functions return None for
+  them), which is why this is for one process only: DDP reduces gradients from autograd's
+  hooks. `optimizer.zero_grad(set_to_none=True)` still clears them as usual.
+Everything else allocates as before; the large buffers stay until the context ends.
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+ROW_QUANTUM = 64
+
+
+class Workspace:
+    """Named buffers that live across steps. A buffer handed out for the backward pass is
+    `busy` until released; asking for it meanwhile gets a fresh tensor instead."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+        self.busy: set[tuple] = set()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+        key = (name, dtype, str(device))
+        n = 1
+        for s in shape:
+            n *= s
+        if key in self.busy:
+            return torch.empty(shape, dtype=dtype, device=device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    def key(self, name: str, dtype, device) -> tuple:
+        return (name, dtype, str(device))
+
+
+_workspace: Workspace | None = None
+_direct: set[int] = set()  # id() of the weights whose gradients are accumulated directly
+_grad_buffers: dict[int, torch.Tensor] = {}
+
+
+def buffer(name: str, rows: int, cols: int, dtype, device) -> torch.Tensor:
+    """A (rows, cols) buffer: the workspace's inside `cpu_step_memory`, else a new tensor cut
+    from one with rows rounded up to ROW_QUANTUM (the row count changes with every batch, and
+    so would these 20-100 MB blocks; fixed sizes let the allocator reuse them). Rows past
+    `rows` are never touched, so they cost no memory."""
+    if _workspace is not None:
+        return _workspace.get(name, (rows, cols), dtype, device)
+    rounded = -(-rows // ROW_QUANTUM) * ROW_QUANTUM
+    return torch.empty((rounded, cols), dtype=dtype, device=device)[:rows]
+
+
+def hold(name: str, dtype, device) -> tuple | None:
+    """Mark a workspace buffer as kept for the backward pass; returns the token to release."""
+    if _workspace is None:
+        return None
+    key = _workspace.key(name, dtype, device)
+    _workspace.busy.add(key)
+    return key
+
+
+def release(token: tuple | None) -> None:
+    if token is not None and _workspace is not None:
+        _workspace.busy.discard(token)
+
+
+def direct(weight: torch.Tensor) -> bool:
+    return id(weight) in _direct
+
+
+def accumulate(weight: torch.Tensor, grad: torch.Tensor, scale: float = 1.0) -> None:
+    """weight.grad += scale * grad, into the weight's persistent buffer (fp32 sums)."""
+    g = weight.grad
+    if g is None:
+        g = _grad_buffers.get(id(weight))
+        if g is None:
+            g = _grad_buffers[id(weight)] = torch.empty_like(weight)
+        g.copy_(grad)
+        if scale != 1.0:
+            g.mul_(scale)
+        weight.grad = g
+    else:
+        g.add_(grad, alpha=scale)
+
+
+def accumulate_rows(weight: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """weight.grad[index] += rows (repeated indices add up)."""
+    g = weight.grad
+    if g is None:
+        g = _grad_buffers.get(id(weight))
+        if g is None:
+            g = _grad_buffers[id(weight)] = torch.empty_like(weight)
+        g.zero_()
+        weight.grad = g
+    g.index_add_(0, index, rows.to(g.dtype))
+
+
+class _EmbeddingDirectGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, ids, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        flat_ids = ids.reshape(-1)
+        rows = grad.reshape(flat_ids.numel(), -1)
+        if ctx.padding_idx is not None:  # nn.Embedding never trains its padding row
+            rows = rows.masked_fill((flat_ids == ctx.padding_idx)[:, None], 0)
+        accumulate_rows(ctx.weight, flat_ids, rows)
+        return None, None, None
+
+
+def _embedding_forward(self, ids):
+    return _EmbeddingDirectGrad.apply(self.weight, ids, self.padding_idx)
+
+
+def _plain_embedding(module) -> bool:
+    return (type(module) is nn.Embedding and module.max_norm is None
+            and not module.scale_grad_by_freq and not module.sparse)
+
+
+def release_step_buffers() -> None:
+    """Drop the kept buffers now (training is over); the context stays open."""
+    if _workspace is not None:
+        _workspace.buffers.clear()
+    _grad_buffers.clear()
+
+
+@contextmanager
+def cpu_step_memory(model):
+    """Workspace and direct gradients for the input embedding and the LM head, while training
+    `model` in one process on CPU."""
+    global _workspace
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    patched = None
+    if embedding is not None and _plain_embedding(embedding) and embedding.weight.requires_grad:
+        embedding.forward = types.MethodType(_embedding_forward, embedding)
+        patched = embedding
+        _direct.add(id(embedding.weight))
+    if head is not None and isinstance(getattr(head, "weight", None), nn.Parameter) \
+            and head.weight.requires_grad:
+        _direct.add(id(head.weight))
+    _workspace = Workspace()
+    try:
+        yield
+    finally:
+        _workspace = None
+        _direct.clear()
+        _grad_buffers.clear()
+        if patched is not None:
+            del patched.forward  # back to the class's forward
