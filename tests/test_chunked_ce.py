@@ -143,7 +143,6 @@ def test_step_memory_gives_the_same_gradients_and_then_steps_aside(fixture, requ
 
 
 def test_direct_embedding_gradient_skips_the_padding_row():
-    from lmtune.step_memory import _EmbeddingDirectGrad, accumulate_rows  # noqa: F401
     from lmtune import step_memory
     torch.manual_seed(0)
     emb = torch.nn.Embedding(10, 4, padding_idx=0)

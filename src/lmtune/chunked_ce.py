@@ -83,7 +83,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                                              device).copy_(grad_weight)
                         step_memory.release(held)
                         held = step_memory.hold("grad_weight_sum", acc, device)
-                    grad_weight += grad_c.T @ h
+                    grad_weight += torch.mm(grad_c.T, h, out=buffer(
+                        "grad_weight_part", vocab, h.shape[1], compute_dtype, device))
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight, ctx.held = weight, held
         return total

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
-from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -85,34 +82,3 @@ def _physical_cores() -> int | None:
         return len(pairs) or None
     except (OSError, IndexError):
         return None
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-
-
-@contextmanager
-def reuse_freed_memory():
-    """Keep freed large tensors in the heap while training. glibc serves every allocation
-    above its mmap threshold (at most 32 MB) straight from the OS and hands it back when
-    freed, so each step page-faults its large tensors in afresh (the head's weight gradient,
-    the logits of a chunk): 27% of a small GPT-2 step's CPU time on a 2-core EPYC. Reusing
-    them costs about 10% more peak RSS. The defaults come back afterwards and the heap is
-    trimmed, so a notebook does not keep the memory. Linux with glibc only; skipped when the
-    user tunes malloc (MALLOC_* variables) or preloads another allocator."""
-    libc = None
-    if sys.platform.startswith("linux") and "LD_PRELOAD" not in os.environ and not any(
-            k.startswith("MALLOC_") for k in os.environ):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-            libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        except (OSError, AttributeError):
-            libc = None
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-            libc.malloc_trim(0)

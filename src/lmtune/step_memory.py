@@ -31,28 +31,32 @@ import torch.nn.functional as F
 ROW_QUANTUM = 64
 
 
+def _rounded(rows: int) -> int:
+    return -(-rows // ROW_QUANTUM) * ROW_QUANTUM
+
+
 class Workspace:
-    """Named buffers that live across steps. A buffer handed out for the backward pass is
-    `busy` until released; asking for it meanwhile gets a fresh tensor instead."""
+    """Named (rows, cols) buffers that live across steps, grown (to a multiple of ROW_QUANTUM
+    rows) when a step needs more. A buffer held for the backward pass is busy until released;
+    asking for it meanwhile gets a fresh tensor instead."""
 
     def __init__(self):
         self.buffers: dict[tuple, torch.Tensor] = {}
         self.busy: set[tuple] = set()
 
-    def get(self, name: str, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
-        key = (name, dtype, str(device))
-        n = 1
-        for s in shape:
-            n *= s
-        if key in self.busy:
-            return torch.empty(shape, dtype=dtype, device=device)
-        buf = self.buffers.get(key)
-        if buf is None or buf.numel() < n:
-            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
-        return buf[:n].view(shape)
-
-    def key(self, name: str, dtype, device) -> tuple:
+    @staticmethod
+    def key(name: str, dtype, device) -> tuple:
         return (name, dtype, str(device))
+
+    def get(self, name: str, rows: int, cols: int, dtype, device) -> torch.Tensor:
+        key = self.key(name, dtype, device)
+        if key in self.busy:
+            return torch.empty((rows, cols), dtype=dtype, device=device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape[1] != cols or buf.shape[0] < rows:
+            buf = self.buffers[key] = torch.empty((_rounded(rows), cols), dtype=dtype,
+                                                  device=device)
+        return buf[:rows]
 
 
 _workspace: Workspace | None = None
@@ -66,9 +70,8 @@ def buffer(name: str, rows: int, cols: int, dtype, device) -> torch.Tensor:
     so would these 20-100 MB blocks; fixed sizes let the allocator reuse them). Rows past
     `rows` are never touched, so they cost no memory."""
     if _workspace is not None:
-        return _workspace.get(name, (rows, cols), dtype, device)
-    rounded = -(-rows // ROW_QUANTUM) * ROW_QUANTUM
-    return torch.empty((rounded, cols), dtype=dtype, device=device)[:rows]
+        return _workspace.get(name, rows, cols, dtype, device)
+    return torch.empty((_rounded(rows), cols), dtype=dtype, device=device)[:rows]
 
 
 def hold(name: str, dtype, device) -> tuple | None:

@@ -37,8 +37,7 @@ from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
 from lmtune.runs import (JsonlWriter, RunLock, check_out, clean_partial_artifacts, clear_run,
                          default_out, drop_records_after, run_info, save_artifact)
-from lmtune.runtime import (pick_device, pick_precision, reuse_freed_memory, set_threads,
-                            torch_dtype)
+from lmtune.runtime import pick_device, pick_precision, set_threads, torch_dtype
 from lmtune.step_memory import cpu_step_memory, release_step_buffers
 from lmtune.tasks import task_for
 
@@ -209,7 +208,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         try:
             # One CPU process: the step's vocabulary-sized buffers are kept (step_memory.py).
             keep = device == "cpu" and world.size == 1
-            with reuse_freed_memory(), cpu_step_memory(model) if keep else nullcontext():
+            with cpu_step_memory(model) if keep else nullcontext():
                 return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
                             train_set, val_set, state, info, emit, start, stop, task, world)
         except OSError as e:
@@ -420,8 +419,10 @@ def _all_finite(tensors: list[torch.Tensor], chunk: int = 1 << 20) -> bool:
     """Whether every value is finite, checked a million at a time: torch.isfinite makes an
     abs() copy and two masks of its input, 130 MB for a 49k x 384 embedding, which was the
     peak of a small GPT-2's run. One host sync."""
+    def parts(t):  # an FSDP shard (DTensor) is checked whole: its answer covers every rank
+        return [t] if hasattr(t, "to_local") else t.detach().reshape(-1).split(chunk)
     return bool(torch.stack([torch.isfinite(part).all() for t in tensors
-                             for part in t.detach().reshape(-1).split(chunk)]).all())
+                             for part in parts(t)]).all())
 
 
 # ---------------------------------------------------------------------------------------------
