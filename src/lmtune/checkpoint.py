@@ -233,3 +233,13 @@ def restore_rng(folder: Path) -> None:
     cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def all_finite(tensors: list[torch.Tensor], chunk: int = 1 << 20) -> bool:
+    """Whether every value is finite, checked a million at a time: torch.isfinite makes an
+    abs() copy and two masks of its input, 130 MB for a 49k x 384 embedding, which was the
+    peak of a small GPT-2's run. One host sync."""
+    def parts(t):  # an FSDP shard (DTensor) is checked whole: its answer covers every rank
+        return [t] if hasattr(t, "to_local") else t.detach().reshape(-1).split(chunk)
+    return bool(torch.stack([torch.isfinite(part).all() for t in tensors
+                             for part in parts(t)]).all())

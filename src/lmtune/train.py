@@ -32,7 +32,7 @@ from lmtune.memorization import LazyIndex, copy_summary
 from lmtune.methods import (apply_method, count_parameters, keep_lora_inputs_in_autocast_dtype,
                             store_frozen_in)
 from lmtune.models import context_length, load_tokenizer, num_layers, resolve
-from lmtune.packed_attention import use_packed_attention
+from lmtune.packed_attention import prefer_eager_attention, use_packed_attention
 from lmtune.plan import check_numbers
 from lmtune.report import report_at_end
 from lmtune.runs import (JsonlWriter, RunLock, check_out, clean_partial_artifacts, clear_run,
@@ -43,7 +43,7 @@ from lmtune.tasks import task_for
 
 ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")  # saved as False
 MAX_BAD_STEPS = 5
-EAGER_MAX_BLOCK = 512  # see _prefer_eager_attention
+EAGER_MAX_BLOCK = 512  # see packed_attention.prefer_eager_attention
 
 
 class Interrupted(UserError):
@@ -124,7 +124,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     model = task.load_model(resolved, cfg, tokenizer)
     if device == "cpu" and not use_packed_attention(model) \
             and plan.block_size <= EAGER_MAX_BLOCK:
-        _prefer_eager_attention(model)
+        prefer_eager_attention(model)
     if start is not None and cfg.method != "lora":
         resume.load_weights(model, start / "model")
     model = apply_method(model, cfg)
@@ -179,10 +179,13 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         emit("message", {"text": text})
     for change in changes:
         emit("message", {"text": f"--force-resume: {change}"})
+    # One CPU process: the step's vocabulary-sized buffers are kept (step_memory.py).
+    step_memory = cpu_step_memory(model) if device == "cpu" and world.size == 1 else nullcontext()
     if cfg.dry_run:  # the plan above, a data report and a few timed steps; nothing is written
         from lmtune.dryrun import dry_run
-        return dry_run(cfg, plan, model, optimizer, accelerator, train_set, val_set, tokenizer,
-                       precision, task)
+        with step_memory:  # timed as training runs
+            return dry_run(cfg, plan, model, optimizer, accelerator, train_set, val_set,
+                           tokenizer, precision, task)
 
     # --- the run folder: created only now that every input has been checked
     out.mkdir(parents=True, exist_ok=True)
@@ -206,9 +209,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         stop = _StopFlag()
         stop.install()
         try:
-            # One CPU process: the step's vocabulary-sized buffers are kept (step_memory.py).
-            keep = device == "cpu" and world.size == 1
-            with cpu_step_memory(model) if keep else nullcontext():
+            with step_memory:
                 return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
                             train_set, val_set, state, info, emit, start, stop, task, world)
         except OSError as e:
@@ -267,7 +268,7 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
     def save_now(step: int) -> None:
         # Skipped updates keep NaN out of the weights; this catches what still got in (an
         # overflow inside the optimizer), so no checkpoint ever holds a non-finite weight.
-        if not _all_finite(params):
+        if not checkpoint.all_finite(params):
             raise UserError(f"the weights became non-finite at step {step}; no checkpoint "
                             f"was written for it", hint="lower --lr, or use --precision fp32 "
                                                         "or bf16 instead of fp16; resume from "
@@ -415,16 +416,6 @@ def _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator, tr
                        metrics=last_eval)
 
 
-def _all_finite(tensors: list[torch.Tensor], chunk: int = 1 << 20) -> bool:
-    """Whether every value is finite, checked a million at a time: torch.isfinite makes an
-    abs() copy and two masks of its input, 130 MB for a 49k x 384 embedding, which was the
-    peak of a small GPT-2's run. One host sync."""
-    def parts(t):  # an FSDP shard (DTensor) is checked whole: its answer covers every rank
-        return [t] if hasattr(t, "to_local") else t.detach().reshape(-1).split(chunk)
-    return bool(torch.stack([torch.isfinite(part).all() for t in tensors
-                             for part in parts(t)]).all())
-
-
 # ---------------------------------------------------------------------------------------------
 # Set-up helpers.
 
@@ -447,17 +438,6 @@ def _base_name(spec: str, resolved) -> str:
     path for a local folder (so the run still loads from another working directory)."""
     p = Path(spec).expanduser()
     return str(p.resolve()) if p.exists() else spec
-
-
-def _prefer_eager_attention(model) -> None:
-    """On CPU, eager attention with our block-diagonal mask ran a SmolLM2 LoRA step about 15%
-    faster than SDPA at 256-token blocks (SDPA's CPU backward is slow) and about the same at
-    1024. Eager keeps every layer's (B, heads, T, T) attention weights for the backward pass
-    (4.5 GB for SmolLM2 at 8 x 1024), so it is used for short blocks only; GPUs keep SDPA."""
-    try:
-        model.set_attn_implementation("eager")
-    except (ValueError, AttributeError, NotImplementedError):
-        pass  # architectures that fix their attention at load time keep it
 
 
 def _accelerator(device: str, precision: str):
