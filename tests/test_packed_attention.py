@@ -137,3 +137,17 @@ def test_fast_dropout_scales_kept_values_and_zeroes_the_same_gradients():
     a = dropout(torch.ones(1000), 0.2)
     torch.manual_seed(5)
     assert torch.equal(a, dropout(torch.ones(1000), 0.2))  # the seed reproduces the mask
+
+
+def test_fused_gelu_computes_gpt2s_gelu(tiny_gpt2):
+    from transformers.activations import NewGELUActivation
+    from lmtune.activations import use_fused_gelu
+    model = load_base(Resolved(str(tiny_gpt2), str(tiny_gpt2)))
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert use_fused_gelu(model) == model.config.n_layer
+        after = model(input_ids=ids).logits
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from lmtune import checkpoint, config as config_mod, distributed, optim, resume
+from lmtune.activations import use_fused_gelu
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
 from lmtune.fast_dropout import use_fast_dropout
@@ -128,6 +129,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     if start is not None and cfg.method != "lora":
         resume.load_weights(model, start / "model")
     model = apply_method(model, cfg)
+    use_fused_gelu(model)
     if device == "cpu":
         use_fast_dropout(model)
     if start is not None and cfg.method == "lora":
