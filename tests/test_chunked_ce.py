@@ -26,7 +26,9 @@ def _grads(model):
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("chunk_rows", [7, 4096])  # several chunks with a ragged last; one
-def test_chunked_loss_and_grads_equal_plain(fixture, lora, chunk_rows, request, monkeypatch):
+@pytest.mark.parametrize("all_rows_bytes", [256 << 20, 0])  # one head-gradient matmul; a sum
+def test_chunked_loss_and_grads_equal_plain(fixture, lora, chunk_rows, all_rows_bytes, request,
+                                            monkeypatch):
     folder = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     model = load_base(Resolved(str(folder), str(folder)))
@@ -39,6 +41,7 @@ def test_chunked_loss_and_grads_equal_plain(fixture, lora, chunk_rows, request, 
     model.train()
     batch = _batch(folder)
     monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(chunked_ce, "ALL_ROWS_BYTES", all_rows_bytes)
     results = []
     for chunked in (False, True):
         model.zero_grad()
@@ -54,8 +57,10 @@ def test_chunked_loss_and_grads_equal_plain(fixture, lora, chunk_rows, request, 
 
 
 @pytest.mark.parametrize("with_grad", [True, False])
-def test_chunked_loss_is_exact_in_float64(with_grad, monkeypatch):
+@pytest.mark.parametrize("all_rows_bytes", [256 << 20, 0])
+def test_chunked_loss_is_exact_in_float64(with_grad, all_rows_bytes, monkeypatch):
     monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(chunked_ce, "ALL_ROWS_BYTES", all_rows_bytes)
     torch.manual_seed(0)
     h = torch.randn(50, 16, dtype=torch.float64, requires_grad=with_grad)
     w = torch.randn(300, 16, dtype=torch.float64, requires_grad=with_grad)

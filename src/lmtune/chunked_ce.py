@@ -5,7 +5,9 @@ makes 8 x 1024 tokens of fp32 logits 1.6 GB, and autograd keeps that tensor, its
 and its gradient. Here the head and the loss run over row chunks, and each chunk's gradient
 with respect to the hidden states (and the head weight, if it trains) is computed right away
 in the forward pass (the approach of Liger's fused linear cross-entropy). Peak extra memory is
-one chunk of logits; the FLOPs are the same as the plain path, with no recomputation.
+one chunk of fp32 probabilities and, while they fit in ALL_ROWS_BYTES, the bf16 logit gradients
+of all rows, which make the head's weight gradient in one matmul; the FLOPs are the same as
+the plain path, with no recomputation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from torch import nn
 from lmtune import step_memory
 from lmtune.step_memory import buffer
 
-CHUNK_ROWS = 512  # 512 x 49,152 fp32 log-probs: 100 MB at a time
+CHUNK_ROWS = 256  # 256 x 49,152 fp32 probabilities: 50 MB at a time
+# The logit gradients of all rows are kept (bf16) for one head-gradient matmul at the end while
+# they fit in this; beyond it each chunk's share is added into an fp32 sum (two more
+# vocabulary-sized buffers and a pass over them per chunk, so chunks are twice as large there).
+ALL_ROWS_BYTES = 256 << 20
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -29,10 +35,6 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         # hidden (N, H), weight (V, H), labels (N,)
         need_w = with_grads and weight.requires_grad
         grad_hidden = torch.zeros_like(hidden) if with_grads else None
-        # The head's weight gradient is a vocabulary-sized matrix (19M numbers for a 49k x 384
-        # head); with one chunk, the usual case for short-text steps, it is the chunk's matmul
-        # output as is. Zero-filling an fp32 buffer and adding into it cost 8% of a small GPT-2
-        # step.
         grad_weight, held = None, None
         vocab, device = weight.shape[0], weight.device
         w = weight
@@ -44,12 +46,19 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         # and their hidden-state gradient stays zero.
         rows = torch.nonzero(labels != -100).squeeze(1)
         acc = torch.promote_types(compute_dtype, torch.float32)  # softmax sums: fp32 or more
-        for start in range(0, len(rows), CHUNK_ROWS):
-            idx = rows[start:start + CHUNK_ROWS]
+        item = torch.finfo(compute_dtype).bits // 8
+        all_rows = need_w and len(rows) * vocab * item <= ALL_ROWS_BYTES
+        grads = buffer("grad_logits", len(rows), vocab, compute_dtype, device) if all_rows \
+            else None
+        chunk = CHUNK_ROWS if all_rows or not need_w else 2 * CHUNK_ROWS
+        for start in range(0, len(rows), chunk):
+            idx = rows[start:start + chunk]
             n = len(idx)
             h = hidden[idx].to(compute_dtype)                       # (n, H)
             y = labels[idx]
-            logits = torch.mm(h, w.T, out=buffer("logits", n, vocab, compute_dtype, device))
+            out = grads[start:start + n] if all_rows else buffer("logits", n, vocab,
+                                                                  compute_dtype, device)
+            logits = torch.mm(h, w.T, out=out)
             if not with_grads:  # evaluation: the exact loss only
                 logp = torch.log_softmax(logits, dim=-1, dtype=acc)
                 total -= logp.gather(1, y[:, None]).sum()
@@ -72,7 +81,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             grad_c = logits.copy_(probs)  # the logits are spent: their buffer holds the grads
             del probs
             grad_hidden[idx] = (grad_c @ w).to(hidden.dtype)
-            if need_w:
+            if need_w and not all_rows:
                 if grad_weight is None:
                     grad_weight = torch.mm(grad_c.T, h, out=buffer(
                         "grad_weight", vocab, h.shape[1], compute_dtype, device))
@@ -85,6 +94,13 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                         held = step_memory.hold("grad_weight_sum", acc, device)
                     grad_weight += torch.mm(grad_c.T, h, out=buffer(
                         "grad_weight_part", vocab, h.shape[1], compute_dtype, device))
+        if all_rows and len(rows):
+            # One matmul over every row (fp32 sums inside it, one rounding): the head's
+            # weight gradient, a vocabulary-sized matrix (19M numbers for a 49k x 384 head).
+            h_all = hidden[rows].to(compute_dtype)
+            grad_weight = torch.mm(grads.T, h_all, out=buffer(
+                "grad_weight", vocab, h_all.shape[1], compute_dtype, device))
+            held = step_memory.hold("grad_weight", compute_dtype, device)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight, ctx.held = weight, held
         return total
