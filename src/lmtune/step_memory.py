@@ -92,30 +92,28 @@ def direct(weight: torch.Tensor) -> bool:
     return id(weight) in _direct
 
 
+def _persistent_grad(weight: torch.Tensor) -> torch.Tensor:
+    """The weight's kept gradient buffer, set as its .grad (contents left to the caller)."""
+    g = _grad_buffers.get(id(weight))
+    if g is None:
+        g = _grad_buffers[id(weight)] = torch.empty_like(weight)
+    weight.grad = g
+    return g
+
+
 def accumulate(weight: torch.Tensor, grad: torch.Tensor, scale: float = 1.0) -> None:
     """weight.grad += scale * grad, into the weight's persistent buffer (fp32 sums)."""
-    g = weight.grad
-    if g is None:
-        g = _grad_buffers.get(id(weight))
-        if g is None:
-            g = _grad_buffers[id(weight)] = torch.empty_like(weight)
-        g.copy_(grad)
-        if scale != 1.0:
-            g.mul_(scale)
-        weight.grad = g
-    else:
-        g.add_(grad, alpha=scale)
+    if weight.grad is not None:
+        weight.grad.add_(grad, alpha=scale)
+        return
+    g = _persistent_grad(weight).copy_(grad)
+    if scale != 1.0:
+        g.mul_(scale)
 
 
 def accumulate_rows(weight: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
     """weight.grad[index] += rows (repeated indices add up)."""
-    g = weight.grad
-    if g is None:
-        g = _grad_buffers.get(id(weight))
-        if g is None:
-            g = _grad_buffers[id(weight)] = torch.empty_like(weight)
-        g.zero_()
-        weight.grad = g
+    g = weight.grad if weight.grad is not None else _persistent_grad(weight).zero_()
     g.index_add_(0, index, rows.to(g.dtype))
 
 

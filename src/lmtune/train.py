@@ -182,10 +182,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     for change in changes:
         emit("message", {"text": f"--force-resume: {change}"})
     # One CPU process: the step's vocabulary-sized buffers are kept (step_memory.py).
-    step_memory = cpu_step_memory(model) if device == "cpu" and world.size == 1 else nullcontext()
+    keep_buffers = cpu_step_memory(model) if device == "cpu" and world.size == 1 else nullcontext()
     if cfg.dry_run:  # the plan above, a data report and a few timed steps; nothing is written
         from lmtune.dryrun import dry_run
-        with step_memory:  # timed as training runs
+        with keep_buffers:  # timed as training runs
             return dry_run(cfg, plan, model, optimizer, accelerator, train_set, val_set,
                            tokenizer, precision, task)
 
@@ -211,7 +211,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         stop = _StopFlag()
         stop.install()
         try:
-            with step_memory:
+            with keep_buffers:
                 return _fit(cfg, plan, out, model, tokenizer, optimizer, scheduler, accelerator,
                             train_set, val_set, state, info, emit, start, stop, task, world)
         except OSError as e:
