@@ -25,9 +25,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
     from lmtune.api import load
-    from lmtune.generate import generate
-    from lmtune.runtime import pick_precision, set_threads, torch_dtype
+    from lmtune.device import pick_precision, set_threads, torch_dtype
+    from lmtune.models.generate import generate
 
     set_threads()
     model, tok = load(args.model, precision="fp32")

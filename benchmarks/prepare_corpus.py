@@ -21,12 +21,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 ANCHOR = r"""
 import sys, time, numpy as np
-from lmtune.models import load_tokenizer, resolve
+from lmtune.models.load import load_tokenizer
+from lmtune.models.resolve import resolve
 tok = load_tokenizer(resolve(sys.argv[2]))
 t0 = time.perf_counter()
 kept, batch, size, n = [], [], 0, 0
@@ -49,7 +49,8 @@ LMTUNE = r"""
 import sys, time
 from types import SimpleNamespace
 from lmtune.data.cache import prepare
-from lmtune.models import load_tokenizer, resolve
+from lmtune.models.load import load_tokenizer
+from lmtune.models.resolve import resolve
 tok = load_tokenizer(resolve(sys.argv[2]))
 opts = SimpleNamespace(format=None, column=None, template=None, prompt_template=None,
                        completion_template=None, split_on=sys.argv[4] or None, encoding="utf-8")

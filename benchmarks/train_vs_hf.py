@@ -74,7 +74,7 @@ def split(texts: list[str], seed: int = 0) -> tuple[list[str], list[str]]:
 def make_model(kind: str, folder: Path) -> str:
     """A model folder for `kind`: the default model, or a random 6-layer 384-wide GPT-2 with
     the default model's tokenizer (no GPT-2 tokenizer can be downloaded here)."""
-    from lmtune.models import default_model_dir
+    from lmtune.models.resolve import default_model_dir
     if kind == "smollm2-lora":
         return str(default_model_dir())
     import torch
@@ -93,8 +93,13 @@ def make_model(kind: str, folder: Path) -> str:
 def run_hf(args: dict) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args["model"])
     texts = json.loads(Path(args["train"]).read_text())
@@ -110,7 +115,8 @@ def run_hf(args: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args["model"])
     if args["lora"]:
         from peft import LoraConfig, get_peft_model
-        from lmtune.methods import default_lora_targets
+
+        from lmtune.training.methods import default_lora_targets
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                  target_modules=default_lora_targets(
                                                      model.config.model_type),
@@ -138,7 +144,8 @@ def run_lmtune(args: dict) -> dict:
     texts = json.loads(Path(args["train"]).read_text())
     data = Path(args["out"]).with_suffix(".jsonl")
     data.write_text("\n".join(json.dumps({"text": t}) for t in texts))
-    from lmtune.models import Resolved, load_tokenizer
+    from lmtune.models.load import load_tokenizer
+    from lmtune.models.resolve import Resolved
     tok = load_tokenizer(Resolved(args["model"], args["model"]))
     mean_len = sum(len(ids) + 2 for ids in tok(texts)["input_ids"]) / len(texts)
     block = min(1024, int(EXAMPLES_PER_STEP * mean_len))
@@ -158,10 +165,11 @@ def run_lmtune(args: dict) -> dict:
 
 def evaluate(final: str, val_file: str) -> float:
     import torch
-    from lmtune.corpus import make_dataset
+
     from lmtune.data import Example, tokenize_examples
-    from lmtune.evaluate import mean_loss
-    from lmtune.models import load
+    from lmtune.data.corpus import make_dataset
+    from lmtune.models.load import load
+    from lmtune.tasks.generate import mean_loss
     model, tok, _ = load(final, dtype=torch.float32)
     docs = tokenize_examples([Example("", t) for t in json.loads(Path(val_file).read_text())],
                              tok)

@@ -1,4 +1,5 @@
-"""The Python API: the same functions the CLI calls, returning values and printing nothing."""
+"""The Python API: the same functions the CLI calls, returning values and printing nothing.
+`import lmtune` exposes them (lmtune/__init__.py loads this module on first use)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ from typing import Callable
 
 from lmtune import config as config_mod
 from lmtune.config import GenerateConfig
-from lmtune.generate import Sample, generate as _generate
-from lmtune.merge import MergeResult, merge as _merge
-from lmtune.train import TrainResult, train as _train
+from lmtune.models.generate import Sample, generate_from_config
+from lmtune.models.merge import MergeResult, merge as _merge
+from lmtune.training.result import TrainResult
 
 
 def train(data: str | None = None, *, config_file: str | None = None,
           on_event: Callable[[str, dict], None] | None = None, **options) -> TrainResult:
     """Fine-tune; `options` are the `lmtune train` flags with underscores (see TrainConfig)."""
+    from lmtune.training.train import train as _train
+
     if data is not None:
         options["data"] = str(data)
     return _train(config_file=config_file, on_event=on_event, **options)
@@ -22,8 +25,8 @@ def train(data: str | None = None, *, config_file: str | None = None,
 def load(model: str | None = None, *, device: str = "auto", precision: str = "fp32",
          trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer) for a run folder, checkpoint, model folder, hub id or the default."""
-    from lmtune.models import load as _load
-    from lmtune.runtime import pick_device, pick_precision, torch_dtype
+    from lmtune.device import pick_device, pick_precision, torch_dtype
+    from lmtune.models.load import load as _load
 
     dev = pick_device(device)
     dtype = torch_dtype(pick_precision(precision, dev))
@@ -49,28 +52,13 @@ def generate(model=None, prompts: list[str] | str | None = None, **options) -> l
     if m is None:
         m, tok = load(cfg.model, device=cfg.device, precision="fp32",
                       trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    return run_generate(cfg, m, tok)
-
-
-def run_generate(cfg: GenerateConfig, model, tokenizer) -> list[Sample]:
-    import torch
-    from lmtune.runtime import pick_precision, torch_dtype
-
-    device = next(model.parameters()).device
-    precision = pick_precision(cfg.precision, device.type)
-    use_amp = precision != "fp32"
-    with torch.autocast(device.type, dtype=torch_dtype(precision), enabled=use_amp):
-        return _generate(model, tokenizer, cfg.prompts, n=cfg.n,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                         top_k=cfg.top_k, top_p=cfg.top_p,
-                         repetition_penalty=cfg.repetition_penalty, seed=cfg.seed,
-                         stop=cfg.stop, chat=cfg.chat)
+    return generate_from_config(cfg, m, tok)
 
 
 def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool = False,
                     allow_pickle: bool = False):
     """A classification run, loaded once: `clf.predict(["text", ...])` -> Predictions."""
-    from lmtune.classify import load_classifier as _load_classifier
+    from lmtune.tasks.classify.predict import load_classifier as _load_classifier
     return _load_classifier(str(run), device=device, trust_remote_code=trust_remote_code,
                             allow_pickle=allow_pickle)
 
@@ -81,14 +69,14 @@ def predict(run, texts: list[str] | str | None = None, *, data: str | None = Non
     classifier from `load_classifier`: a list of Prediction(text, label, probs).
     `options`: text_column, template, format, encoding, batch_size, device,
     trust_remote_code, allow_pickle."""
-    from lmtune.classify import predict as _predict
+    from lmtune.tasks.classify.predict import predict as _predict
     return _predict(run, texts, data=None if data is None else str(data), **options)
 
 
 def evaluate_classifier(run: str, data: str, **options) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, the confusion matrix and the
-    majority baseline of a classification run on labelled data (see classify_eval.py)."""
-    from lmtune.classify_eval import evaluate_classifier as _evaluate
+    majority baseline of a classification run on labelled data (tasks/classify/evaluate.py)."""
+    from lmtune.tasks.classify.evaluate import evaluate_classifier as _evaluate
     return _evaluate(str(run), str(data), **options)
 
 
@@ -117,8 +105,8 @@ def evaluate_model(model: str | None = None, data: str = "", **options):
     """Loss, perplexity and token count of `model` (a run, model folder, hub id or the
     default) on `data`, packed as in training: an EvalResult. For a classification run, the
     metrics dict of `evaluate_classifier`."""
+    from lmtune.analysis.evaluate import evaluate
     from lmtune.config import EvalConfig
-    from lmtune.evaluation import evaluate
 
     if model is not None:
         options["model"] = str(model)
@@ -129,7 +117,7 @@ def compare(base: str, tuned: str | None = None, **options):
     """The base and the tuned model side by side (`compare(run)` uses the run's own base):
     a CompareResult with perplexity rows for `data=` and `reference=` and same-seed samples
     for `prompts=`."""
-    from lmtune.comparison import compare as _compare
+    from lmtune.analysis.compare import compare as _compare
     from lmtune.config import CompareConfig
 
     values = dict(options, base=str(base), tuned=None if tuned is None else str(tuned))
@@ -143,7 +131,7 @@ def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False
          allow_pickle: bool = False):
     """Per-tensor and per-block weight change of `tuned` against `base` (`diff(run)` uses
     the run's own base): a DiffResult; LoRA runs are measured without merging."""
-    from lmtune.weight_diff import diff as _diff
+    from lmtune.analysis.diff import diff as _diff
 
     return _diff(str(base), None if tuned is None else str(tuned),
                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
@@ -152,7 +140,7 @@ def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False
 def write_report(run: str, *, compare: bool = True, device: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False):
     """Write loss.png and report.html into the run folder: a ReportResult with their paths."""
-    from lmtune.report import write_report as _write_report
+    from lmtune.analysis.report import write_report as _write_report
 
     return _write_report(str(run), compare=compare, device=device,
                          trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
@@ -161,8 +149,8 @@ def write_report(run: str, *, compare: bool = True, device: str = "auto",
 def inspect_data(data: str, **options):
     """What `data` becomes for a model (options: model=, block_size= and the data flags):
     a DataReport with counts, lengths, padding waste, duplicates and warnings."""
+    from lmtune.analysis.data_report import inspect_data as _inspect
     from lmtune.config import InspectConfig
-    from lmtune.data_report import inspect_data as _inspect
 
     return _inspect(config_mod.build(InspectConfig, dict(options, data=str(data))))
 
@@ -171,10 +159,20 @@ def check_memorization(samples, data: str, *, model: str | None = None) -> list:
     """For each sample (a Sample from `generate`, or a string), the longest run of tokens
     copied from `data` and whether it is a verbatim copy of an example (a list of Check).
     `data` is read as the run `model` read its training data; its tokenizer counts."""
-    from lmtune.memorization import index_for_file
-    from lmtune.models import load_tokenizer, resolve
+    from lmtune.analysis.memorization import index_for_file
+    from lmtune.models.load import load_tokenizer
+    from lmtune.models.resolve import resolve
 
     tokenizer = load_tokenizer(resolve(None if model is None else str(model)))
     index = index_for_file(str(data), tokenizer, None if model is None else str(model))
     return [index.check(*(("", s) if isinstance(s, str) else (s.prompt, s.text)))
             for s in samples]
+
+
+def prepare_data(data: str, **options):
+    """Tokenize `data` once into the token cache that training reads (`lmtune data prepare`;
+    options: model= and the data flags): a CachedCorpus with the cache folder and counts."""
+    from lmtune.config import PrepareConfig
+    from lmtune.tasks.generate import prepare_corpus
+
+    return prepare_corpus(config_mod.build(PrepareConfig, dict(options, data=str(data))))

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lmtune.generate import Sample
-from lmtune.models import lmtune_home
+from lmtune.atomic import write_file
+from lmtune.home import lmtune_home
+from lmtune.models.generate import Sample
 
 TEMPLATE = "Joke: {joke}"
 PROMPT = "Joke:"
@@ -31,11 +32,9 @@ def jokes_file() -> Path:
     path = lmtune_home() / "data" / "pyjokes-en.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for joke in pyjokes.get_jokes(language="en", category="all"):
-                f.write(json.dumps({"joke": joke}, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        lines = [json.dumps({"joke": joke}, ensure_ascii=False) + "\n"
+                 for joke in pyjokes.get_jokes(language="en", category="all")]
+        write_file(path, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
     return path
 
 

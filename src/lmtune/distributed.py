@@ -30,6 +30,9 @@ import torch
 
 from lmtune.errors import UserError
 
+# Set by `lmtune train --devices N` (training/launch.py) for its workers: where rank 0 writes
+# the TrainResult. A worker that sees it was started by lmtune, not by the user's torchrun.
+RESULT_ENV = "LMTUNE_RESULT"
 # A rank waits at most this long in a collective. The longest wait is rank 0 tokenizing a new
 # corpus while the others wait at a barrier (a few GB of text take minutes); a rank that
 # crashed is normally noticed much sooner, since torchrun stops the other workers at once.
@@ -162,16 +165,15 @@ class World:
                 - {n for n, _ in model.named_parameters()})
         return {k: v for k, v in full.items() if k not in tied}
 
-    def load_optimizer(self, folder, model, optimizer) -> None:
-        from lmtune import checkpoint
-
+    def load_optimizer(self, state: dict, model, optimizer) -> None:
+        """A checkpoint's optimizer state (saved whole, keyed by parameter index, or by name
+        under FSDP) into this rank's optimizer; under FSDP each rank keeps its own shard."""
         if not self.fsdp:
-            checkpoint.load_optimizer(folder, optimizer)
+            optimizer.load_state_dict(state)
             return
-        # Saved whole, keyed by parameter name; each rank keeps its own shard of it.
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_optimizer_state_dict)
-        set_optimizer_state_dict(model, optimizer, checkpoint.read_optimizer(folder),
+        set_optimizer_state_dict(model, optimizer, state,
                                  options=StateDictOptions(full_state_dict=True))
 
     def _gather_rng(self) -> dict[str, torch.Tensor]:
@@ -187,15 +189,15 @@ class World:
             out.update({f"rank{r}.{name}": p.cpu() for r, p in enumerate(parts)})
         return out
 
-    def restore_rng(self, folder) -> None:
-        from lmtune import checkpoint
-
+    def restore_rng(self, rng: dict[str, torch.Tensor]) -> None:
+        """This rank's RNG states from a checkpoint's (one process: `cpu` and `cuda<i>`;
+        several: `rank<r>.cpu` and `rank<r>.cuda`)."""
         if not self.active:
-            checkpoint.restore_rng(folder)
+            torch.set_rng_state(rng["cpu"])
+            cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+            if cuda and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda)
             return
-        from safetensors.torch import load_file
-
-        rng = load_file(folder / "rng.safetensors")
         torch.set_rng_state(rng[f"rank{self.rank}.cpu"])
         if f"rank{self.rank}.cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng[f"rank{self.rank}.cuda"])
@@ -296,7 +298,6 @@ def resume_command(out) -> str:
     """The command that resumes the run in `out` the way it was started: one process and
     --devices runs resume with plain `lmtune train` (a --devices run relaunches itself), runs
     under torchrun or accelerate launch need their launcher and process count again."""
-    from lmtune.launch import RESULT_ENV
     if launched_world_size() > 1 and RESULT_ENV not in os.environ:
         per_node = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE"))
         nodes = int(os.environ["WORLD_SIZE"]) // max(1, int(per_node))
@@ -309,7 +310,7 @@ def resume_command(out) -> str:
 def start(cfg) -> World:
     """The world this process belongs to; joins the process group when a launcher started
     several processes."""
-    from lmtune.runtime import pick_device
+    from lmtune.device import pick_device
 
     size, fsdp = launched_world_size(), cfg.fsdp
     several = size > 1 or cfg.devices > 1
@@ -317,17 +318,13 @@ def start(cfg) -> World:
         raise UserError("accelerate's own FSDP settings are not used by lmtune",
                         hint="launch without accelerate's --use_fsdp (or fsdp_config) and pass "
                              "--fsdp to lmtune train")
-    if fsdp and cfg.method == "lora":
-        raise UserError("--fsdp is for --method full or freeze: a LoRA adapter is small, and "
-                        "LoRA trains under DDP with the base model whole on every device",
-                        hint="drop --fsdp (several processes then use DDP)")
     if fsdp and not several:
         raise UserError("--fsdp shards the model over several processes, and this run has "
                         "one", hint="add --devices N, or launch with torchrun "
                                     "--nproc_per_node N -m lmtune train ... --fsdp")
-    if cfg.dry_run and several:
+    if cfg.dry_run and size > 1:  # --devices with --dry-run is refused by check_train
         raise UserError("--dry-run times steps on one process",
-                        hint="run it without --devices or a launcher")
+                        hint="run it without a launcher")
     if size == 1:  # one process, or the one that starts the others for --devices
         return World()
     if cfg.devices > 1 and cfg.devices != size and not cfg.resume:

@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lmtune.data import build_examples, read_records, tokenize_examples
-from lmtune.data import cache
+from lmtune.data import build_examples, cache, read_records, tokenize_examples
 from lmtune.errors import UserError
 
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from lmtune.data.examples import Example, build_examples_with_stats
-from lmtune.data.readers import _resolve_format, _unescape, read_records
-from lmtune.data.tokenize import (TokenizedDocs, _eos_token_id, encode_batch, start_token_id,
+from lmtune.data.readers import resolve_format, unescape_separator, read_records
+from lmtune.data.tokenize import (TokenizedDocs, eos_token_id, encode_batch, start_token_id,
                                   tokenize_examples)
 from lmtune.errors import UserError
+from lmtune.home import lmtune_home
 
 CACHE_VERSION = 1
 READ_BLOCK = 1 << 22          # bytes read from disk at a time
@@ -47,7 +48,8 @@ OPTION_FIELDS = ("format", "column", "template", "prompt_template", "completion_
 
 
 @dataclass
-class Prepared:
+class CachedCorpus:
+    """A tokenized corpus in the cache: its folder, documents (memory-mapped) and counts."""
     folder: Path
     docs: TokenizedDocs
     stats: dict
@@ -56,7 +58,6 @@ class Prepared:
 
 
 def cache_root() -> Path:
-    from lmtune.models import lmtune_home
     return lmtune_home() / "tokens"
 
 
@@ -77,11 +78,11 @@ def corpus_key(path: Path, opts, tokenizer) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(f"{text}|{start_token_id(tokenizer)}|{_eos_token_id(tokenizer)}"
+    return hashlib.sha256(f"{text}|{start_token_id(tokenizer)}|{eos_token_id(tokenizer)}"
                           .encode()).hexdigest()[:16]
 
 
-def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> Prepared:
+def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> CachedCorpus:
     """The tokenized corpus of `path` (built on first use, then read from the cache)."""
     path = Path(path)
     if not path.exists():
@@ -91,7 +92,7 @@ def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> P
     key = corpus_key(path, opts, tokenizer)
     folder = root / key
     if (folder / "meta.json").is_file():
-        return Prepared(folder, open_docs(folder), _read_meta(folder)["stats"], key, True)
+        return CachedCorpus(folder, open_docs(folder), _read_meta(folder)["stats"], key, True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
@@ -112,7 +113,7 @@ def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Prepared(folder, open_docs(folder), stats, key, False)
+    return CachedCorpus(folder, open_docs(folder), stats, key, False)
 
 
 def open_docs(folder: Path) -> TokenizedDocs:
@@ -180,7 +181,7 @@ class _Writer:
 
 
 def _tokenize_into(writer: _Writer, path: Path, opts, tokenizer) -> dict:
-    fmt = _resolve_format(path, getattr(opts, "format", None))
+    fmt = resolve_format(path, getattr(opts, "format", None))
     plain = not any(getattr(opts, n, None) for n in ("template", "prompt_template",
                                                      "completion_template"))
     column = getattr(opts, "column", None)
@@ -197,7 +198,7 @@ def _tokenize_into(writer: _Writer, path: Path, opts, tokenizer) -> dict:
 
 
 def _stream_text_file(writer: _Writer, path: Path, opts, tokenizer) -> dict:
-    separator = _unescape(opts.split_on) if opts.split_on is not None else None
+    separator = unescape_separator(opts.split_on) if opts.split_on is not None else None
     if separator == "":
         raise UserError("--split-on is empty", hint='pass a separator such as "\\n\\n" or "\\n"')
     if separator is None:
@@ -220,7 +221,7 @@ def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer) 
     """The whole file is one document: [start] + text + [eos], tokenized in ~256 KB pieces cut
     after a newline (so no word is split; the only difference from tokenizing it whole is
     that a run of blank lines can be cut in two)."""
-    start, eos = start_token_id(tokenizer), _eos_token_id(tokenizer)
+    start, eos = start_token_id(tokenizer), eos_token_id(tokenizer)
     pieces: list[str] = []
     first = True
     wrote_start = has_text = False

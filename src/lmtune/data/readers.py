@@ -11,9 +11,10 @@ import json
 import re
 from pathlib import Path
 
+from lmtune.config.defaults import DATA_FORMATS
 from lmtune.errors import UserError
 
-FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
+FORMATS = DATA_FORMATS
 
 _EXTENSIONS = {
     ".txt": "txt", ".text": "txt", ".md": "txt",
@@ -33,11 +34,11 @@ def read_records(path: str | Path, fmt: str | None = None, encoding: str = "utf-
     path = Path(path)
     if not path.exists():
         raise UserError(f"data file not found: {path}", hint="check the path, or pass a folder of .txt files")
-    fmt = _resolve_format(path, fmt)
+    fmt = resolve_format(path, fmt)
     if split_on is not None and fmt != "txt":
         raise UserError(f"--split-on only applies to plain text, but {path} is read as {fmt}",
                         hint="drop --split-on, or pass --format txt")
-    separator = _unescape(split_on) if split_on is not None else None
+    separator = unescape_separator(split_on) if split_on is not None else None
     if separator == "":
         raise UserError("--split-on is empty", hint='pass a separator such as "\\n\\n" (blank line) or "\\n"')
     if path.is_dir():
@@ -78,7 +79,7 @@ def _refuse_compressed(path: Path) -> None:
                                       "and pass the extracted file")
 
 
-def _resolve_format(path: Path, fmt: str | None) -> str:
+def resolve_format(path: Path, fmt: str | None) -> str:
     _refuse_compressed(path)
     if fmt is not None:
         fmt = fmt.lower().lstrip(".")
@@ -98,7 +99,7 @@ def _resolve_format(path: Path, fmt: str | None) -> str:
     return _EXTENSIONS[suffix]
 
 
-def _unescape(separator: str) -> str:
+def unescape_separator(separator: str) -> str:
     # A shell passes --split-on "\n\n" as backslash-n; nobody means a literal backslash there.
     escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
     return re.sub(r"\\([ntr\\])", lambda m: escapes[m.group(1)], separator)

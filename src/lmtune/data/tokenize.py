@@ -52,10 +52,10 @@ def start_token_id(tokenizer) -> int:
     """The token every document starts with (and generation starts from): BOS, else EOS."""
     if tokenizer.bos_token_id is not None:
         return tokenizer.bos_token_id
-    return _eos_token_id(tokenizer)
+    return eos_token_id(tokenizer)
 
 
-def _eos_token_id(tokenizer) -> int:
+def eos_token_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise UserError("the model's tokenizer has no end-of-text (EOS) token, so a fine-tuned model "
                         "could not learn where an example ends",
@@ -65,7 +65,7 @@ def _eos_token_id(tokenizer) -> int:
 
 def tokenize_examples(examples: list[Example], tokenizer, batch_size: int = 1000) -> TokenizedDocs:
     """Tokenize in batches: one tokenizer call per `batch_size` texts, never one per example."""
-    start, eos = start_token_id(tokenizer), _eos_token_id(tokenizer)
+    start, eos = start_token_id(tokenizer), eos_token_id(tokenizer)
     completions = _tokenize(tokenizer, [ex.completion for ex in examples], batch_size)
     # Plain text has no prompt; tokenize only the prompts that exist.
     with_prompt = [i for i, ex in enumerate(examples) if ex.prompt]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmtune.generate import left_pad
+from lmtune.models.generate import left_pad
 from lmtune.serving.registry import BASE_ROWS
 from lmtune.serving.sampling import next_tokens
 

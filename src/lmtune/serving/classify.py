@@ -1,6 +1,6 @@
 """/v1/classify: classification runs (`lmtune train --task classify`) behind the server.
 
-The classifier is lmtune.classify's own (`load_classifier`, `Classifier.predict`); this file
+The classifier is tasks/classify/predict.py's own (`load_classifier`, `Classifier.predict`); this file
 only shapes its predictions as the endpoint's answer.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def load(resolved, device: str, trust_remote_code: bool = False, allow_pickle: bool = False):
-    from lmtune.classify import load_classifier
+    from lmtune.tasks.classify.predict import load_classifier
     return load_classifier(resolved.spec, device=device, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle)
 

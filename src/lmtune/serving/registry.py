@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
-from lmtune.models import Resolved, context_length, is_classifier, load_base, load_tokenizer, \
-    resolve
+from lmtune.models.load import context_length, load_base, load_tokenizer
+from lmtune.models.resolve import Resolved, is_classifier, resolve
 
 BASE_ROWS = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 

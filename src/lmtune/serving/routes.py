@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from lmtune.generate import encode_prompt
+from lmtune.models.generate import encode_prompt
 from lmtune.serving import classify as serve_classify
 from lmtune.serving.chat import encode_chat
 from lmtune.serving.jobs import Job, Sampling

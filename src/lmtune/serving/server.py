@@ -83,7 +83,8 @@ def url_of(sock: socket.socket) -> str:
 
 
 @dataclass
-class Prepared:
+class Startup:
+    """What `prepare` made ready, before any weights load."""
     state: ServerState
     planned: dict
     sock: socket.socket
@@ -92,9 +93,9 @@ class Prepared:
     precision: str
 
 
-def prepare(cfg: ServeConfig) -> Prepared:
+def prepare(cfg: ServeConfig) -> Startup:
     """Check options and paths and bind the port; loads no weights."""
-    from lmtune.runtime import pick_device, pick_precision
+    from lmtune.device import pick_device, pick_precision
     from lmtune.serving import registry
 
     key = check(cfg)
@@ -102,13 +103,13 @@ def prepare(cfg: ServeConfig) -> Prepared:
     precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
     sock = _bind(cfg.host, cfg.port)
-    return Prepared(ServerState(cfg, key), planned, sock, url_of(sock), device, precision)
+    return Startup(ServerState(cfg, key), planned, sock, url_of(sock), device, precision)
 
 
-def load_models(prepared: Prepared, on_event: Callable[[str, dict], None]) -> None:
+def load_models(prepared: Startup, on_event: Callable[[str, dict], None]) -> None:
     """Load every model, then start the engine and turn the server ready. Runs in a thread
     while the server already answers /health with 503."""
-    from lmtune.runtime import set_threads, torch_dtype
+    from lmtune.device import set_threads, torch_dtype
     from lmtune.serving import registry
     from lmtune.serving.engine import Engine
 
@@ -143,7 +144,7 @@ def _describe(served) -> str:
     return f"model {served.resolved.path}"
 
 
-def build_server(prepared: Prepared, on_event: Callable[[str, dict], None] = _emit_nothing):
+def build_server(prepared: Startup, on_event: Callable[[str, dict], None] = _emit_nothing):
     import uvicorn
 
     from lmtune.serving.app import create_app

@@ -1,0 +1,71 @@
+"""`lmtune data prepare` and `lmtune data inspect`."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from lmtune.cli.output import print_json as _print_json
+from lmtune.config import InspectConfig, PrepareConfig
+from lmtune.errors import UserError
+
+
+def cmd_prepare(cfg: PrepareConfig) -> int:
+    from lmtune.tasks.generate import prepare_corpus
+
+    if not cfg.data:
+        raise UserError("no data file given", hint="lmtune data prepare DATA --model MODEL")
+    got = prepare_corpus(cfg)
+    s = got.stats
+    record = {"cache": str(got.folder), "cached": got.cached, "documents": s["documents"],
+              "tokens": s["tokens"], "bytes": s["bytes"], "seconds": s["seconds"]}
+    if cfg.json:
+        print(json.dumps(record))
+        return 0
+    mb = s["bytes"] / 1e6
+    how = ("already in the cache" if got.cached else
+           f"tokenized in {s['seconds']:.1f} s ({mb / max(s['seconds'], 1e-9):.2f} MB/s)")
+    print(f"{cfg.data}: {s['documents']:,} documents, {s['tokens']:,} tokens from "
+          f"{mb:.1f} MB, {how}")
+    print(f"cache: {got.folder}")
+    print("lmtune train with the same data flags and model reads these tokens directly")
+    return 0
+
+
+def cmd_inspect(cfg: InspectConfig) -> int:
+    from lmtune.analysis.data_report import inspect_data
+
+    report = inspect_data(cfg)
+    if cfg.json:
+        _print_json(report.to_dict())
+    else:
+        print_data_report(report)
+    return 0
+
+
+def print_data_report(r) -> None:
+    print(f"data: {r.data}: {r.examples:,} examples from {r.records:,} records")
+    print(f"characters {r.characters:,}   tokens {r.tokens:,} as trained (each example gets a "
+          f"start and an end token; {r.target_tokens:,} count in the loss)")
+    print(f"tokenizer of {r.model}: {r.tokens_per_character:.3f} tokens per character")
+    n = r.length
+    print(f"tokens per example: min {n['min']}, median {n['median']:g}, mean {n['mean']:g}, "
+          f"95th percentile {n['p95']:g}, max {n['max']}")
+    top = max(h["count"] for h in r.histogram) or 1
+    for h in r.histogram:
+        bar = "#" * max(1 if h["count"] else 0, round(30 * h["count"] / top))
+        span = f"{h['from']}" if h["from"] == h["to"] else f"{h['from']}-{h['to']}"
+        print(f"  {span:>11} {bar} {h['count']}")
+    print(f"block size {r.block_size}: {r.over_block_size} examples are longer")
+    print(f"padding every example to the longest would waste {100 * r.padding_waste:.1f}% of "
+          f"the compute; packing wastes {100 * r.packing_waste:.1f}%")
+    print(f"exact duplicates: {r.duplicates}")
+    print("first example as the model sees it:")
+    print(textwrap.indent(r.rendered_example, "  "))
+    if r.learned_part is not None:
+        print("  of which the model learns (the rest is prompt):")
+        print(textwrap.indent(r.learned_part, "    "))
+    if r.warnings:
+        print("warnings:")
+        for w in r.warnings:
+            print(textwrap.fill(w, 100, initial_indent="  - ", subsequent_indent="    "))

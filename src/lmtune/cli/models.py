@@ -1,0 +1,61 @@
+"""`lmtune generate` and `lmtune merge`."""
+
+from __future__ import annotations
+
+import json
+
+from lmtune.config import GenerateConfig, MergeConfig
+from lmtune.errors import UserError
+
+
+def cmd_generate(cfg: GenerateConfig) -> int:
+    from lmtune.api import load
+    from lmtune.models.generate import generate_from_config
+
+    model, tokenizer = load(cfg.model, device=cfg.device, precision="fp32",
+                            trust_remote_code=cfg.trust_remote_code,
+                            allow_pickle=cfg.allow_pickle)
+    copies = memorization_index(cfg, tokenizer)  # --check-memorization DATA, read up front
+    samples = generate_from_config(cfg, model, tokenizer)
+    for i, s in enumerate(samples):
+        check = copies.check(s.prompt, s.text).to_dict() if copies else {}
+        if cfg.json:
+            print(json.dumps({**s.to_dict(), **check}, ensure_ascii=False))
+        else:
+            if i:
+                print("-" * 40)
+            print(s.prompt + s.text)
+            if check:
+                print(memorization_line(check))
+    return 0
+
+
+def cmd_merge(cfg: MergeConfig) -> int:
+    from lmtune.models.merge import merge
+
+    if not cfg.run or not cfg.out:
+        raise UserError("merge needs a run folder and --out", hint="lmtune merge RUN --out DIR")
+    result = merge(cfg.run, cfg.out, trust_remote_code=cfg.trust_remote_code,
+                   allow_pickle=cfg.allow_pickle)
+    print(f"merged model: {result.out}")
+    print(f"largest logit difference between adapter and merged model: "
+          f"{result.max_logit_diff:.2e}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# generate --check-memorization
+
+def memorization_index(cfg, tokenizer):
+    """The index of --check-memorization DATA (read as the run read its data), or None."""
+    if not cfg.check_memorization:
+        return None
+    from lmtune.analysis.memorization import index_for_file
+
+    return index_for_file(cfg.check_memorization, tokenizer, cfg.model)
+
+
+def memorization_line(check: dict) -> str:
+    verdict = "a verbatim copy of a training example" if check["verbatim"] else \
+        "not a verbatim copy"
+    return f"[memorization: longest copied run {check['copied_tokens']} tokens; {verdict}]"

@@ -1,0 +1,115 @@
+"""The argument parser, generated from the typed configs (config/): every field is a flag with
+its help text and default, so they live in one place. Every flag defaults to "not given",
+so a config file and the dataclass decide what the user did not type."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from lmtune import config as config_mod
+from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, GenerateConfig,
+                           InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
+                           ReportConfig, ServeConfig, TrainConfig)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    types = config_mod.field_types(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta, tp = f.metadata, types[f.name]
+        group_name = meta.get("group", "options")
+        group = groups.setdefault(group_name, parser.add_argument_group(group_name))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = meta["help"]
+        if default not in (None, "", [], False) and tp is not bool:
+            help_text += f" (default: {default})"
+        # Every flag defaults to SUPPRESS so we can tell what the user typed from what the
+        # config file or the dataclass should decide. argparse %-formats help ("5% of").
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text.replace("%", "%%")}
+        if meta.get("positional"):
+            group.add_argument(f.name, nargs="*" if tp is list else "?",
+                               metavar=f.name.upper(), **kw)
+            continue
+        names = ["--" + f.name.replace("_", "-")]
+        if meta.get("alias"):
+            names.insert(0, meta["alias"])
+        if tp is bool:
+            group.add_argument(*names, dest=f.name, action="store_true", **kw)
+            if default is True:
+                group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name,
+                                   action="store_false", default=argparse.SUPPRESS,
+                                   help=f"Turn off {names[-1]}.")
+            continue
+        if tp is list:
+            once = meta.get("repeat")  # see config.opt
+            kw.update(action="append" if once else "extend", nargs=None if once else "+")
+            kw["metavar"] = meta.get("metavar") or ("TEXT" if once else "NAME")
+        else:
+            kw["type"] = tp
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        group.add_argument(*names, dest=f.name, **kw)
+
+
+# Each command: (name, typed config, help, "module:function"). The function (a `cmd_*` handler
+# in cli/) takes the parsed config and prints; the work itself is done by library functions
+# that print nothing. A name
+# with a space ("data prepare") becomes a nested command. Handlers import lazily so that
+# `lmtune --help` does not load torch.
+COMMANDS: list[tuple[str, type, str, str]] = [
+    ("train", TrainConfig, "Fine-tune a model on a data file.", "lmtune.cli.train:cmd_train"),
+    ("generate", GenerateConfig, "Generate text from a model or run folder.",
+     "lmtune.cli.models:cmd_generate"),
+    ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model.",
+     "lmtune.cli.models:cmd_merge"),
+    ("data prepare", PrepareConfig, "Tokenize a corpus once into the token cache that train "
+                                    "reads (memory-mapped, keyed by content and tokenizer).",
+     "lmtune.cli.data:cmd_prepare"),
+    ("demo", DemoConfig, "Fine-tune the default model on the jokes that pyjokes ships and "
+                         "show samples before and after.", "lmtune.cli.train:cmd_demo"),
+    ("serve", ServeConfig, "Serve models and runs over an OpenAI-compatible HTTP API.",
+     "lmtune.cli.serve:cmd_serve"),
+    ("predict", PredictConfig, "Label texts with a classification run (lmtune train "
+                               "--task classify).", "lmtune.cli.classify:cmd_predict"),
+    ("eval", EvalConfig, "Loss and perplexity of a model or run on a data file "
+                                    "(accuracy and F1 for a classification run).",
+     "lmtune.cli.analysis:cmd_eval"),
+    ("compare", CompareConfig, "A base and a fine-tuned model side by side: samples "
+                                          "with the same seed, perplexity on --data and "
+                                          "--reference.", "lmtune.cli.analysis:cmd_compare"),
+    ("diff", DiffConfig, "How much fine-tuning changed each weight tensor and block "
+                                    "(LoRA included, without merging).",
+     "lmtune.cli.analysis:cmd_diff"),
+    ("report", ReportConfig, "Write loss.png and a self-contained report.html for a "
+                                        "run.", "lmtune.cli.analysis:cmd_report"),
+    ("data inspect", InspectConfig, "What a data file becomes for a model: counts, "
+                                               "lengths, padding waste, duplicates, warnings.",
+     "lmtune.cli.data:cmd_inspect"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmtune.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lmtune", description="Fine-tune GPT-style language models on your own text.")
+    parser.add_argument("--version", action="version", version=f"lmtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, Any] = {}
+    for name, cls, help_text, handler in COMMANDS:
+        parent = sub
+        if " " in name:
+            group, name = name.split(" ", 1)
+            if group not in groups:
+                g = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = g.add_subparsers(dest="subcommand", metavar="COMMAND",
+                                                 required=True)
+            parent = groups[group]
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="YAML", default=None,
+                       help="Read options from a YAML file; flags given here override it.")
+        _add_config_flags(p, cls)
+        p.set_defaults(_cls=cls, _handler=handler)
+    return parser

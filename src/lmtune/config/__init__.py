@@ -1,0 +1,34 @@
+"""Typed configs: the one place where defaults and help text live.
+
+  defaults.py   every default lmtune chooses (learning rates, plan sizes, LoRA targets ...)
+  fields.py     a field with its help text; building a config from a YAML file and values
+  train.py      `lmtune train`'s options and their checks
+  commands.py   every other command's options
+
+`None` means "choose for me": the value is resolved from the data and the model at run start,
+and the resolved value is what a run saves.
+"""
+
+from lmtune.config.commands import (CompareConfig, DemoConfig, DiffConfig, EvalConfig,
+                                    GenerateConfig, InspectConfig, MergeConfig, PredictConfig,
+                                    PrepareConfig, ReportConfig, ServeConfig)
+from lmtune.config.defaults import (CLASS_WEIGHTS, DEFAULT_LR, DEFAULT_MODEL, DEVICES, METHODS,
+                                    PRECISIONS, SCHEDULES, TASKS)
+from lmtune.config.fields import (ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, build, coerce,
+                                  field_types, flag, load_yaml, opt, to_yaml)
+from lmtune.config.train import (ONE_SHOT_ACTIONS, DataOptions, TrainConfig, build_train,
+                                 check_against_model, check_block_size, check_train, read_saved,
+                                 refuse, saved_form)
+
+# Commands whose config is built by a function of its own rather than `build`.
+BUILDERS = {TrainConfig: build_train}
+
+__all__ = [
+    "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "GenerateConfig",
+    "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
+    "ServeConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
+    "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
+    "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",
+    "load_yaml", "opt", "to_yaml", "ONE_SHOT_ACTIONS", "build_train", "check_against_model",
+    "check_block_size", "check_train", "read_saved", "refuse", "saved_form", "BUILDERS",
+]

@@ -1,0 +1,60 @@
+"""Every default that lmtune computes rather than states, with the reason for its value.
+
+A config field whose default is `None` ("choose for me") is filled from these at run start,
+and its help text is built from them too (config/train.py), so the two cannot drift apart; a
+test holds each help text against the value the code actually chooses.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "smollm2-135m"
+METHODS = ("lora", "full", "freeze")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("cosine", "linear", "constant")
+TASKS = ("generate", "classify")
+CLASS_WEIGHTS = ("none", "auto")
+DATA_FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
+
+# Peak learning rates: an adapter starts at zero and needs a large step; full and freeze
+# move pretrained weights, where 5e-5 (full) and 1e-4 (freeze, fewer weights) do not wreck
+# what the model knows.
+DEFAULT_LR = {"lora": 1e-3, "full": 5e-5, "freeze": 1e-4}
+
+# Tokens per optimizer step are sized from the corpus (tasks/plan.py): a fixed 8 x 1024 would
+# give a few hundred short jokes one step per epoch, and nothing is learned.
+TARGET_STEPS_PER_EPOCH = 48
+MIN_TOKENS_PER_STEP = 256
+MAX_TOKENS_PER_STEP = 8192
+MAX_BLOCK = 1024        # longest automatic block; attention cost grows with its length
+MIN_AUTO_BLOCK = 64     # shortest automatic block
+CLASSIFY_MAX_LENGTH = 512  # texts to classify are mostly short; attention cost grows as T^2
+CLASSIFY_BATCH = (4, 32)   # texts per automatic classification batch, at least and at most
+
+WARMUP_SHARE = 0.05     # warmup is this share of the steps ...
+MAX_WARMUP = 100        # ... but at most this many
+EVALS_PER_RUN = 5       # validation passes in a run when --eval-every is not given
+FREEZE_SHARE = 4        # --method freeze trains the top 1/FREEZE_SHARE of the blocks
+
+# Where each family keeps its projections; PEFT picks "all-linear" for other families.
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LLAMA_LIKE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo",
+                    "smollm3", "granite")
+
+# Evaluation without a run's own batch size: 2K tokens per forward pass keep the logits
+# (tokens x vocabulary floats, 50K words for GPT-2 and SmolLM2) near 400 MB.
+TOKENS_PER_EVAL_BATCH = 2048
+
+
+def default_lora_targets(model_type: str) -> list[str] | str:
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    if model_type in LLAMA_LIKE_TYPES:
+        return LLAMA_LIKE
+    return "all-linear"  # PEFT picks every linear layer except the output head

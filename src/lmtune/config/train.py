@@ -1,0 +1,259 @@
+"""The options of `lmtune train` (and the data options that eval, compare and the data
+commands share), the checks that need no file or model, and the few that need the model's
+config. Defaults that lmtune chooses are constants in defaults.py; the help texts below are
+built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmtune.config.defaults import (CLASS_WEIGHTS, CLASSIFY_MAX_LENGTH, DATA_FORMATS,
+                                    DEFAULT_LR, DEFAULT_MODEL, DEVICES, EVALS_PER_RUN,
+                                    FREEZE_SHARE, LLAMA_LIKE, LORA_TARGETS, MAX_BLOCK,
+                                    MAX_WARMUP, METHODS, PRECISIONS, SCHEDULES, TASKS,
+                                    WARMUP_SHARE)
+from lmtune.config.fields import TRUST_REMOTE_CODE_HELP, build, flag, opt
+from lmtune.errors import UserError
+
+# Saved as false in a run's config.yaml: the file describes the run, not the command that last
+# touched it, so `--config RUN/config.yaml` starts a like run instead of resuming or
+# overwriting, and a later plain --resume checks its settings again.
+ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")
+# What a run resolves at its start and saves: a saved config.yaml without these was cut short.
+RESOLVED_AT_START = ("data", "model", "out", "method", "lr", "block_size", "batch_size",
+                     "warmup_steps", "eval_every", "save_every", "sample_every")
+
+
+def short_float(value: float) -> str:
+    """1e-3 rather than 0.001 or 1e-03: how people write learning rates."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+@dataclass
+class DataOptions:
+    """How a data file becomes training examples (shared by train, eval and data commands)."""
+
+    data: str = opt("", "Training data: a .txt file or folder of them, .csv, .tsv, .json, .jsonl "
+                    "or .parquet.", positional=True, group="data")
+    format: str | None = opt(None, "Data format; detected from the extension when not given.",
+                             choices=DATA_FORMATS, group="data")
+    column: str | None = opt(None, "Column (CSV/Parquet) or field (JSON) that holds the text.",
+                             alias="--field", group="data")
+    template: str | None = opt(None, "Build each example from fields, e.g. "
+                               "'Quote by {author}: \"{quote}\"'.", group="data")
+    prompt_template: str | None = opt(None, "Prompt part of a prompt/completion pair; its tokens "
+                                      "are context only and do not count in the loss.", group="data")
+    completion_template: str | None = opt(None, "Completion part of a prompt/completion pair "
+                                          "(the text the model learns).", group="data")
+    split_on: str | None = opt(None, "For .txt data: split the text into one example per piece "
+                               "at this string, e.g. '\\n\\n' (blank line) or '\\n'.", group="data")
+    encoding: str = opt("utf-8", "Text encoding of the data files.", group="data")
+
+
+@dataclass
+class TrainConfig(DataOptions):
+    task: str = opt("generate", "What to learn: generate (continue text, the default) or "
+                    "classify (a label per text, with --text-column or --template and "
+                    "--label-column).", choices=TASKS, group="task")
+    text_column: str | None = opt(None, "With --task classify: the column or field that holds "
+                                  "the text (or build it with --template).", group="task")
+    label_column: str | None = opt(None, "With --task classify: the column or field that holds "
+                                   "the label (strings or integers).", group="task")
+    class_weights: str = opt("none", "With --task classify: 'auto' weighs each class's loss by "
+                             "n / (classes x its count), so rare labels count as much as "
+                             "common ones.", choices=CLASS_WEIGHTS, group="task")
+    model: str | None = opt(None, f"Model to fine-tune: a Hugging Face id, a local model folder, "
+                            f"a run folder or checkpoint of lmtune, or '{DEFAULT_MODEL}' "
+                            f"(the embedded default, used when not given).", group="model")
+    out: str | None = opt(None, "Run folder to write (default: runs/<data name>-<timestamp>).",
+                          group="output")
+    method: str = opt("lora", "What trains: lora (small adapter), full (every weight) or freeze "
+                      "(only the top --train-layers blocks, final norm and LM head).",
+                      choices=METHODS, group="method")
+    train_layers: int | None = opt(None, "With --method freeze: how many top transformer blocks "
+                                   f"train (default: 1/{FREEZE_SHARE} of them, at least 1).",
+                                   group="method")
+    lora_r: int = opt(8, "LoRA rank; higher learns more and costs more memory.", group="method")
+    lora_alpha: int = opt(16, "LoRA scaling numerator (the update is scaled by alpha / r).",
+                          group="method")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input (PEFT's default 0; 0.05-0.1 may "
+                              "help on tiny data, at about 15% more time per step on CPU).",
+                              group="method")
+    lora_targets: list[str] | None = opt(None, "Module names LoRA adapts (default per "
+                                         f"architecture: GPT-2 {' '.join(LORA_TARGETS['gpt2'])}; "
+                                         f"Llama-family {' '.join(LLAMA_LIKE)}; others every "
+                                         f"linear layer but the head).", group="method")
+    val_split: float = opt(0.1, "Fraction of examples held out for validation (0 turns it "
+                           "off); deterministic for a seed.", group="data")
+    val_data: str | None = opt(None, "Validation data file (same format flags); replaces "
+                               "--val-split.", group="data")
+    pack: bool = opt(True, "Pack examples into blocks with no cross-document attention "
+                     "(--no-pack: one padded example per row).", group="data")
+    block_size: int | None = opt(None, "Tokens per packed block (default: chosen from the data, "
+                                 f"at most min({MAX_BLOCK}, the model's context)); with --task "
+                                 "classify, the most tokens kept of each text, in training and "
+                                 f"prediction (default: {CLASSIFY_MAX_LENGTH}, or the model's "
+                                 "context if shorter).", group="training")
+    batch_size: int | None = opt(None, "Blocks (with --task classify: texts) per device per "
+                                 "optimizer micro-step (default: chosen from the data so each "
+                                 "epoch has enough steps).", group="training")
+    grad_accum: int = opt(1, "Micro-steps accumulated per optimizer step.", group="training")
+    epochs: float = opt(3.0, "Passes over the training data (ignored when --max-steps is set).",
+                        group="training")
+    max_steps: int | None = opt(None, "Total optimizer steps; overrides --epochs.",
+                                group="training")
+    lr: float | None = opt(None, "Peak learning rate (default: " + ", ".join(
+        f"{short_float(v)} for {k}" for k, v in DEFAULT_LR.items()) + ").", group="training")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", group="training")
+    lr_schedule: str = opt("cosine", "Learning-rate schedule after warmup.", choices=SCHEDULES,
+                           group="training")
+    warmup_steps: int | None = opt(None, "Linear warmup steps (default: "
+                                   f"{WARMUP_SHARE:.0%} of the steps, at most {MAX_WARMUP}).",
+                                   group="training")
+    grad_clip: float = opt(1.0, "Clip the gradient norm to this (0 turns clipping off).",
+                           group="training")
+    seed: int = opt(42, "Random seed for data order, validation split, dropout and samples.",
+                    group="training")
+    precision: str = opt("auto", "Numeric precision: auto picks bf16 on GPUs and CPUs that "
+                         "support it, else fp32; fp16 only on CUDA (GPT-2/Neo overflow in it).",
+                         choices=PRECISIONS, group="training")
+    device: str = opt("auto", "Device to train on.", choices=DEVICES, group="training")
+    devices: int = opt(1, "Train on this many processes on this machine, one per GPU (on the "
+                       "CPU, processes that share the cores): lmtune starts itself under "
+                       "torchrun. Under torchrun or accelerate launch leave it out; the "
+                       "launcher sets the number.", group="distributed")
+    fsdp: bool = opt(False, "With several processes and --method full or freeze: shard the "
+                     "weights, gradients and optimizer state over the processes (torch FSDP2) "
+                     "instead of keeping a whole copy on each (DDP), for models too large for "
+                     "one device.", group="distributed")
+    log_every: int = opt(10, "Optimizer steps between metrics.jsonl records.", group="logging")
+    eval_every: int | None = opt(None, "Steps between validation passes (default: about "
+                                 f"{EVALS_PER_RUN} per run); always at the end.", group="logging")
+    sample_every: int | None = opt(None, "Steps between generated samples (default: with each "
+                                   "evaluation; 0 turns samples off).", group="logging")
+    sample_prompts: list[str] = opt([], repeat=True,
+                                    help="Prompt for the samples written during training; "
+                                    "repeatable (default: unconditional).", alias="--sample-prompt",
+                                    group="logging")
+    sample_max_new_tokens: int = opt(64, "Length limit of samples written during training.",
+                                     group="logging")
+    save_every: int | None = opt(None, "Steps between checkpoints (default: with each "
+                                 "evaluation); one is always written at the end.", group="output")
+    keep: int = opt(2, "Keep this many newest checkpoints (at least the newest one), plus the best by "
+                    "validation loss.",
+                    group="output")
+    patience: int | None = opt(None, "Stop after this many evaluations without a better "
+                               "validation loss.", group="training")
+    resume: bool = opt(False, "Continue the run in --out from its newest complete checkpoint.",
+                       group="output")
+    force_resume: bool = opt(False, "With --resume: continue even though settings, data or "
+                             "base model differ from the run's (each change is reported).",
+                             group="output")
+    overwrite: bool = opt(False, "Replace a previous run in --out.", group="output")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
+    allow_pickle: bool = opt(False, "Allow a base model whose weights are only in pickle files "
+                             "(.bin, .pt); loaded with torch.load(weights_only=True). "
+                             "safetensors needs no such trust.", group="model")
+    dry_run: bool = opt(False, "Print the data report and the plan, time a few steps, estimate "
+                        "the time per epoch, and exit without training or writing anything.",
+                        group="output")
+    report: bool = opt(True, "Write loss.png and report.html in the run folder at the end "
+                       "(--no-report to skip; lmtune report RUN writes them later).",
+                       group="output")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, all before anything is read or loaded; each returns every problem it finds.
+
+def check_train(cfg: TrainConfig) -> list[str]:
+    """Problems with the numbers and combinations of a TrainConfig."""
+    problems = []
+    positive = ["grad_accum", "lora_r", "lora_alpha", "log_every", "sample_max_new_tokens",
+                "devices"]
+    for name in positive + ["max_steps", "batch_size", "eval_every", "save_every", "patience",
+                            "train_layers"]:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            problems.append(f"{flag(name)} must be at least 1 (got {value})")
+    if cfg.epochs <= 0 and cfg.max_steps is None:
+        problems.append(f"--epochs must be above 0 (got {cfg.epochs})")
+    if not 0 <= cfg.val_split < 1:
+        problems.append(f"--val-split must be in [0, 1) (got {cfg.val_split})")
+    if not 0 <= cfg.lora_dropout < 1:
+        problems.append(f"--lora-dropout must be in [0, 1) (got {cfg.lora_dropout})")
+    if cfg.lr is not None and cfg.lr <= 0:
+        problems.append(f"--lr must be above 0 (got {cfg.lr})")
+    for name in ("weight_decay", "grad_clip", "warmup_steps", "keep", "sample_every"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            problems.append(f"{flag(name)} must not be negative (got {value})")
+    problems += check_block_size(cfg.block_size)
+    if cfg.train_layers is not None and cfg.method != "freeze":
+        problems.append("--train-layers only applies to --method freeze")
+    if bool(cfg.prompt_template) != bool(cfg.completion_template):
+        problems.append("--prompt-template and --completion-template go together")
+    if cfg.template and cfg.prompt_template:
+        problems.append("use either --template or --prompt-template/--completion-template")
+    if cfg.fsdp and cfg.method == "lora":
+        problems.append("--fsdp is for --method full or freeze: a LoRA adapter is small, and "
+                        "LoRA trains under DDP with the base model whole on every device "
+                        "(drop --fsdp)")
+    if cfg.dry_run and cfg.devices > 1:
+        problems.append("--dry-run times steps on one process (drop --devices)")
+    return problems
+
+
+def check_block_size(block_size: int | None, context: int | None = None) -> list[str]:
+    """The one check of --block-size: at least 2 (one token per block leaves nothing to
+    predict) and, once the model is known, no longer than its context."""
+    if block_size is None:
+        return []
+    if block_size < 2:
+        return [f"--block-size must be at least 2 (got {block_size})"]
+    if context is not None and block_size > context:
+        return [f"--block-size {block_size} is above the model's context of {context} tokens "
+                f"(use {context} or less)"]
+    return []
+
+
+def check_against_model(cfg: TrainConfig, *, context: int, n_layers: int | None) -> list[str]:
+    """The checks that need the model's config (read before the data or the weights)."""
+    problems = check_block_size(cfg.block_size, context)
+    if cfg.method == "freeze":
+        if n_layers is None:
+            problems.append("cannot tell how many blocks this model has, so --method freeze "
+                            "cannot pick the top ones (use --method lora or full)")
+        elif cfg.train_layers is not None and not 1 <= cfg.train_layers <= n_layers:
+            problems.append(f"--train-layers {cfg.train_layers} is outside 1..{n_layers} (the "
+                            f"model has {n_layers} blocks)")
+    return problems
+
+
+def refuse(problems: list[str]) -> None:
+    """Every problem in one error, so a user fixes them all in one go."""
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def build_train(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """On --resume the run's saved config is the base layer, so `lmtune train --resume --out
+    RUN` needs no other flag; flags given again are then checked against it by train()."""
+    if overrides.get("resume") and overrides.get("out") and not config_file:
+        saved = Path(overrides["out"]) / "config.yaml"
+        if saved.is_file():
+            return build(TrainConfig, overrides, saved, required=RESOLVED_AT_START)
+    return build(TrainConfig, overrides, config_file)
+
+
+def read_saved(path: Path) -> TrainConfig:
+    """A run's config.yaml as the typed config it was written from."""
+    return build(TrainConfig, {}, path, required=RESOLVED_AT_START)
+
+
+def saved_form(cfg: TrainConfig) -> TrainConfig:
+    """What a run's config.yaml holds: the resolved config with one-shot actions off."""
+    return dataclasses.replace(cfg, **{name: False for name in ONE_SHOT_ACTIONS})

@@ -1,0 +1,61 @@
+"""A model artifact: the folder a run's final model (`final/`) or a checkpoint's weights
+(`checkpoints/step-N/model/`) live in. It loads with transformers or PEFT as it is:
+
+  model.safetensors (or adapter_model.safetensors and adapter_config.json for LoRA), config
+  files, the tokenizer, and lmtune.json: what later commands need to know (the base model,
+  the method, the templates the data was read with, for a classifier its labels).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmtune.atomic import new_folder
+from lmtune.errors import UserError
+from lmtune.version import __version__
+
+RUN_FILE = "lmtune.json"
+
+
+def save_artifact(folder: Path, model, tokenizer, info: dict,
+                  state_dict: dict | None = None) -> None:
+    """Weights (safetensors), tokenizer and lmtune.json, written beside `folder` and swapped
+    in whole: a crash or a full disk never leaves a `folder` that looks complete but is
+    half-written, and a previous `folder` stays until the new one is complete. `state_dict`:
+    the weights when the model holds only a shard of them (FSDP)."""
+    given = {} if state_dict is None else {"state_dict": state_dict}
+    with new_folder(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, **given)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+def read_run_info(folder: Path) -> dict | None:
+    """The lmtune.json of an artifact folder; None when it has none (a plain model folder)."""
+    f = Path(folder) / RUN_FILE
+    if not f.is_file():
+        return None
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{f} is not valid JSON; the run folder is damaged") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{f} does not hold a JSON object; the run folder is damaged")
+    return info
+
+
+def run_info(cfg, base_model: str) -> dict:
+    """What a language-model run's lmtune.json records (a task adds its own keys)."""
+    return {
+        "lmtune_version": __version__,
+        "task": "generate",
+        "base_model": base_model,
+        "method": cfg.method,
+        "template": cfg.template,
+        "prompt_template": cfg.prompt_template,
+        "completion_template": cfg.completion_template,
+        "column": cfg.column,
+        # Every training example started with this token; generation prepends it too.
+        "start_token": "bos_or_eos",
+    }

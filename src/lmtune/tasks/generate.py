@@ -1,0 +1,119 @@
+"""--task generate: a language model learns to continue text, with the next-token loss on
+packed (or padded) documents. Also the validation loss that `lmtune eval` reports, and
+tokenizing a corpus once into the cache (`lmtune data prepare`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmtune import distributed
+from lmtune.config import TrainConfig, flag
+from lmtune.data.cache import CachedCorpus, prepare
+from lmtune.data.corpus import make_dataset, token_splits
+from lmtune.models.forward import loss_sum
+from lmtune.models.load import load_base, load_tokenizer
+from lmtune.models.resolve import refuse_classifier, resolve
+from lmtune.tasks.base import TaskData
+from lmtune.tasks.plan import plan_run
+
+
+class LanguageModeling:
+    """--task generate: next-token loss on packed (or padded) documents."""
+
+    name = "generate"
+    best_metric = "val_loss"
+
+    def check(self, cfg: TrainConfig) -> list[str]:
+        given = [flag(n) for n in ("text_column", "label_column") if getattr(cfg, n) is not None]
+        if cfg.class_weights != "none":
+            given.append("--class-weights")
+        return [f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to "
+                f"--task classify"] if given else []
+
+    def prepare(self, cfg: TrainConfig, tokenizer, *, context: int, n_layers: int | None,
+                world: int = 1) -> TaskData:
+        splits = token_splits(cfg, tokenizer)
+        train_docs, val_docs = splits.train, splits.val
+        cfg, plan = plan_run(
+            cfg, n_train_tokens=train_docs.n_tokens, context=context, n_layers=n_layers,
+            world=world, n_blocks_for=lambda bs: make_dataset(
+                train_docs, bs, pack=cfg.pack, shuffle=False, seed=0).num_blocks())
+        train_set = make_dataset(train_docs, plan.block_size, pack=cfg.pack, shuffle=True,
+                                 seed=cfg.seed)
+        val_set = (make_dataset(val_docs, plan.block_size, pack=cfg.pack, shuffle=False, seed=0)
+                   if val_docs else None)
+        return TaskData(cfg=cfg, plan=plan, train_set=train_set, val_set=val_set,
+                        data_hash=splits.key,
+                        summary={"train_examples": len(train_docs),
+                                 "val_examples": len(val_docs) if val_docs else 0,
+                                 "train_tokens": train_docs.n_tokens, "stats": splits.stats},
+                        messages=_long_examples(train_docs, plan.block_size, cfg.pack))
+
+    def load_model(self, resolved, cfg: TrainConfig, tokenizer):
+        refuse_classifier(resolved)
+        return load_base(resolved, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle)
+
+    def loss_sum(self, model, batch, device):
+        return loss_sum(model, batch, device)
+
+    def evaluate(self, model, val_set, batch_size: int, device, autocast) -> dict:
+        val_loss, _ = mean_loss(model, val_set, batch_size, device, autocast)  # all ranks
+        return {"val_loss": round(val_loss, 6), "val_ppl": round(perplexity(val_loss), 4)}
+
+    def rank(self, record: dict) -> list:
+        return [record["val_loss"]]
+
+    def info(self) -> dict:
+        return {"task": self.name}
+
+
+def _long_examples(docs, block_size: int, pack: bool) -> list[str]:
+    """Examples longer than a block are split, never dropped or cut: say how many."""
+    lengths = docs.lengths
+    n_long = int((lengths > block_size).sum())
+    if not n_long:
+        return []
+    how = ("continue across blocks (packing)" if pack
+           else "are cut into block-sized rows (--no-pack); nothing is dropped")
+    return [f"{n_long} of {len(lengths)} training examples are longer than the {block_size}-token "
+            f"block (longest {int(lengths.max())} tokens) and {how}"]
+
+
+@torch.no_grad()
+def mean_loss(model, dataset, batch_size: int, device, autocast=None) -> tuple[float, int]:
+    """(mean token loss, target tokens) over every block of `dataset`, in order. Under several
+    processes `dataset` is this rank's share (distributed.World.shard) and the result is
+    the whole set's."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    # Under several processes every rank runs every forward, even of a batch with nothing to
+    # count: FSDP gathers each block's weights in a collective.
+    every = distributed.active()
+    for batch in dataset.batches(0, batch_size):
+        if batch.n_target_tokens == 0 and not every:
+            continue
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            total += loss_sum(model, batch, device).double()
+        count += batch.n_target_tokens
+    model.train(was_training)
+    if every:
+        sums = distributed.all_sum(torch.stack([total, torch.tensor(float(count), dtype=torch
+                                                                   .float64, device=device)]))
+        total, count = sums[0], int(sums[1].item())
+    return (total.item() / count if count else float("nan")), count
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def prepare_corpus(cfg) -> CachedCorpus:
+    """`lmtune data prepare`: the corpus `cfg.data` tokenized into the cache that training
+    reads. `cfg` has the DataOptions fields plus `model` and `trust_remote_code`."""
+    tokenizer = load_tokenizer(resolve(cfg.model), cfg.trust_remote_code)
+    return prepare(cfg.data, cfg, tokenizer)

@@ -1,0 +1,136 @@
+"""Everything a run needs before its first step, built in the order that fails fastest: the
+model's config and the flags that depend on it, then the data (read and tokenized before any
+weight loads), then the model, its method, precision, optimizer and schedule.
+
+`build()` returns a `Setup`; the loop (loop.py), the step (step.py) and the dry run
+(dryrun.py) all work from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmtune.config import DEFAULT_MODEL, TrainConfig, check_against_model, refuse
+from lmtune.device import pick_device, pick_precision, set_threads, torch_dtype
+from lmtune.distributed import World, seed_ranks
+from lmtune.errors import UserError
+from lmtune.fast import speedups
+from lmtune.models.load import config_layers, context_length, load_tokenizer, peek_config
+from lmtune.models.resolve import Resolved, resolve
+from lmtune.run.checkpoint import read_state
+from lmtune.run.folder import RunFolder
+from lmtune.run.resume import find_start
+from lmtune.tasks.base import TaskData
+from lmtune.tasks.plan import Plan
+from lmtune.training import optim
+from lmtune.training.methods import METHODS, count_parameters
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig            # with everything the data and the model decide filled in
+    task: object                # tasks/: the loss, the evaluation, what lmtune.json records
+    data: TaskData
+    world: World
+    resolved: Resolved
+    tokenizer: object
+    model: object               # as accelerate prepared it (DDP or FSDP under several ranks)
+    unwrapped: object           # the model as trained (PEFT or transformers), for saving
+    method: object              # training/methods.py
+    optimizer: object
+    scheduler: object
+    accelerator: object
+    device: str
+    precision: str
+    params: list = dataclasses.field(default_factory=list)  # the trainable weights (below)
+    fast: speedups | None = None  # entered around the steps (train.py)
+    start: Path | None = None   # the checkpoint a --resume starts from
+    changes: list[str] = dataclasses.field(default_factory=list)  # what --force-resume allowed
+
+    @property
+    def plan(self) -> Plan:
+        return self.data.plan
+
+
+def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
+    resolved, tokenizer, data = prepare_data(cfg, task, world)
+    cfg = dataclasses.replace(data.cfg, model=cfg.model or DEFAULT_MODEL, out=str(run.path))
+    start, changes = find_start(run.path, cfg, data.data_hash) if cfg.resume else (None, [])
+    if start is not None:
+        world.check_resume(read_state(start), run.path)
+    set_threads()
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    method = METHODS[cfg.method]
+    model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg)
+    if start is not None:
+        method.restore(model, start / "model")
+    model.config.use_cache = False
+    method.for_precision(model, None if precision == "fp32" else torch_dtype(precision))
+    fast = speedups(model, device=device, block_size=data.plan.block_size,
+                    one_process=world.size == 1)
+    accelerator = _accelerator(device, precision)
+    if world.fsdp:  # sharded in place; accelerate's prepare would wrap it in DDP as well
+        model = world.wrap_fsdp(model)
+        optimizer = accelerator.prepare(optim.adamw(model, cfg, device))
+    else:
+        optimizer = optim.adamw(model, cfg, device)
+        model, optimizer = accelerator.prepare(model, optimizer)
+    seed_ranks(world, cfg.seed)
+    scheduler = optim.lr_schedule(optimizer, cfg, data.plan.total_steps)
+    return Setup(cfg=cfg, task=task, data=dataclasses.replace(data, cfg=cfg), world=world,
+                 resolved=resolved, tokenizer=tokenizer, model=model,
+                 unwrapped=accelerator.unwrap_model(model), method=method,
+                 optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
+                 device=device, precision=precision, fast=fast, start=start, changes=changes,
+                 # Listed once, before any forward: FSDP2 registers unsharded stand-ins while
+                 # a module runs (the root's stay after its forward), and the clipping and the
+                 # finiteness check must see the sharded weights the optimizer updates.
+                 params=[p for p in model.parameters() if p.requires_grad])
+
+
+def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object, TaskData]:
+    """The model's name resolved, its config checked against the flags, and the data read and
+    tokenized by the task. On several ranks, the first of each machine goes first (converting
+    the default model and tokenizing into the cache happen once), the others then find the
+    files ready."""
+    world.local_main_first_begin()
+    resolved = resolve(cfg.model)
+    if resolved.adapter is not None:
+        raise UserError(f"--model {cfg.model} is a LoRA adapter",
+                        hint=f"merge it first (lmtune merge {cfg.model} --out DIR) and train "
+                             f"from the merged folder")
+    model_config = peek_config(resolved, cfg.trust_remote_code)
+    context, n_layers = context_length(model_config), config_layers(model_config)
+    refuse(check_against_model(cfg, context=context, n_layers=n_layers))
+    tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
+    data = task.prepare(cfg, tokenizer, context=context, n_layers=n_layers, world=world.size)
+    world.local_main_first_end()
+    return resolved, tokenizer, data
+
+
+def base_name(spec: str) -> str:
+    """What lmtune.json records as the base: the default's name, a hub id, or an absolute
+    path for a local folder (so the run still loads from another working directory)."""
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
+
+
+def parameter_counts(setup: Setup) -> tuple[int, int]:
+    return count_parameters(setup.unwrapped)
+
+
+def _accelerator(device: str, precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state; a second train() in the same process (tests, the
+    # Python API in a notebook) may use another precision, so reset it first.
+    AcceleratorState._reset_state()
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed, cpu=device == "cpu")

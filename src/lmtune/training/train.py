@@ -1,0 +1,142 @@
+"""`train()`: what both `lmtune train` and `lmtune.train(...)` call. Read it top to bottom:
+
+  check the flags -> join the process group -> check --out -> set up (setup.py: data, model,
+  method, optimizer) -> [dry run: time a few steps and return] -> take the run folder's lock,
+  write config.yaml -> fit (loop.py) -> the final model and the report
+
+It reports progress through `on_event(name, data)` (the CLI turns events into a progress bar
+and messages) and returns a `TrainResult`; it prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+from lmtune import config as config_mod, distributed
+from lmtune.atomic import is_disk_full
+from lmtune.config import TrainConfig, check_train, refuse
+from lmtune.errors import UserError
+from lmtune.run.folder import RunFolder, default_out
+from lmtune.run.resume import final_is_current
+from lmtune.tasks import task_for
+from lmtune.training.dryrun import DryRunResult, dry_run
+from lmtune.training.loop import LoopState, fit, initial_state
+from lmtune.training.result import TrainResult
+from lmtune.training.setup import Setup, build, parameter_counts
+
+
+def _emit_nothing(event: str, data: dict) -> None:
+    pass
+
+
+def train(config: TrainConfig | None = None, *, config_file: str | None = None,
+          on_event: Callable[[str, dict], None] | None = None,
+          **overrides) -> TrainResult | DryRunResult:
+    """Fine-tune a model. Pass a `TrainConfig`, or option names as keyword arguments
+    (`train("jokes.txt", method="lora", epochs=2)`), optionally over a YAML `config_file`.
+    With `dry_run=True` it returns a DryRunResult and writes nothing."""
+    emit = on_event or _emit_nothing
+    cfg = config if config is not None else config_mod.build_train(overrides, config_file)
+    task = task_for(cfg)
+    refuse(check_train(cfg) + task.check(cfg))
+    world = distributed.start(cfg)
+    # Every rank writes (through rank 0) to rank 0's folder: a default name holds the time.
+    run = RunFolder(world.same_path(Path(cfg.out) if cfg.out else default_out(cfg.data)))
+    # The folder checks run before the model is resolved: resolving the default model may
+    # convert it first (about 20 s), and a wrong --out should not wait for that.
+    run.check_out(resume=cfg.resume, overwrite=cfg.overwrite, model_path=cfg.model,
+                  data_path=cfg.data)
+    if cfg.devices > 1 and not world.active:
+        from lmtune.training.launch import relaunch
+        # this same train() on cfg.devices processes, under torchrun
+        return relaunch(dataclasses.replace(cfg, out=str(run.path)))
+    if not world.is_main:
+        emit = _emit_nothing  # one progress bar and one set of messages: rank 0's
+    setup = build(cfg, task, world, run)
+    state = initial_state(setup)
+    # A run whose steps are done but whose final/ save failed (a full disk, a kill) resumes
+    # into no steps at all: final/ and the report are written from the last checkpoint.
+    if state.step >= setup.plan.total_steps and final_is_current(run.path, setup.start):
+        raise UserError(f"{run.path} already trained {state.step} steps",
+                        hint="raise --max-steps or --epochs to train further")
+    _announce(setup, state, emit)
+    with setup.fast as fast:
+        if setup.cfg.dry_run:  # the plan above, a data report and a few timed steps
+            return dry_run(setup)
+        return _run(setup, state, run, emit, fast)
+
+
+def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast) -> TrainResult:
+    """The run folder, created only now that every input has been checked; rank 0 alone
+    writes it, under its lock."""
+    world, cfg = setup.world, setup.cfg
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run.lock() if world.is_main else nullcontext():
+        if world.is_main:
+            if cfg.overwrite and not cfg.resume:
+                run.clear()
+            run.clean_partial()
+            if setup.start is not None:
+                # After a crash the logs run past the checkpoint; those steps run again.
+                run.drop_records_after(state.step)
+            run.write_config(cfg)
+        stop = StopFlag()
+        stop.install()
+        try:
+            return fit(setup, state, run, emit, stop, fast)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise UserError(f"disk full while writing {e.filename or run.path}: {e.strerror}",
+                            hint=f"free disk space, then resume with: "
+                                 f"{distributed.resume_command(run.path)}") from None
+        finally:
+            stop.restore()
+
+
+def _announce(setup: Setup, state: LoopState, emit) -> None:
+    """The start event: what trains, on what, with which plan; then the task's messages."""
+    cfg, plan, data = setup.cfg, setup.plan, setup.data
+    trainable, total = parameter_counts(setup)
+    emit("start", {"out": cfg.out, "model": cfg.model, "method": cfg.method,
+                   "trainable": trainable, "total": total, "device": setup.device,
+                   "precision": setup.precision, **data.summary, "task": setup.task.name,
+                   "block_size": plan.block_size, "batch_size": plan.batch_size,
+                   "grad_accum": cfg.grad_accum, "tokens_per_step": plan.tokens_per_step,
+                   "world_size": setup.world.size,
+                   "global_batch": plan.batch_size * cfg.grad_accum * setup.world.size,
+                   "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+                   "start_step": state.step, "lr": cfg.lr})
+    for text in data.messages:
+        emit("message", {"text": text})
+    for change in setup.changes:
+        emit("message", {"text": f"--force-resume: {change}"})
+
+
+class StopFlag:
+    """SIGTERM or a first Ctrl-C: finish the step, save, exit. A second Ctrl-C: stop now."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.old: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        self.old = {}
