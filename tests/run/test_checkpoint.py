@@ -42,3 +42,33 @@ def test_prune_keeps_newest_and_best_and_clean_removes_partial(tmp_path):
     assert checkpoint.complete_steps(root) == [5, 15]
     checkpoint.clean_partial(root)
     assert not (root / ".tmp-step-000020").exists()
+
+
+def test_a_checkpoint_round_trips_optimizer_rng_and_state_and_verifies(tmp_path):
+    import torch
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    rng = torch.get_rng_state()
+
+    def save_model(folder):
+        folder.mkdir()
+        (folder / "weights.txt").write_text("w")
+
+    path = checkpoint.save(tmp_path / "checkpoints", 7, save_model=save_model,
+                           optimizer=optimizer, state={"step": 7, "note": "é"}, keep=2,
+                           best_step=None)
+    assert path.name == "step-000007" and checkpoint.latest(tmp_path / "checkpoints") == path
+    checkpoint.verify(path)
+    assert checkpoint.read_state(path) == {"step": 7, "note": "é"}
+    assert torch.equal(checkpoint.read_rng(path)["cpu"], rng)
+    restored = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=1e-2)
+    restored.load_state_dict(checkpoint.read_optimizer(path))
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(restored.state_dict()["state"][0][key],
+                           optimizer.state_dict()["state"][0][key])
+    (path / "model" / "weights.txt").write_text("altered")
+    with pytest.raises(lmtune.UserError, match="does not match its manifest"):
+        checkpoint.verify(path)

@@ -188,7 +188,8 @@ def test_class_weights_auto_balance_the_classes(tiny_gpt2, tmp_path, monkeypatch
     # The loss is the weighted sum over the batch (the loop divides by the text count).
     logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.5, 0.0], [0.0, 2.0]])
     labels = torch.tensor([0, 0, 0, 1])
-    monkeypatch.setattr("lmtune.tasks.classify.task.forward_logits", lambda model, batch, device: logits)
+    monkeypatch.setattr("lmtune.tasks.classify.task.forward_logits",
+                        lambda model, batch, device: logits)
     batch = ClassBatch(None, None, None, labels, None, 4, 0)
     per_text = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     expected = (per_text * torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0])).sum()

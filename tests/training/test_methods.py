@@ -92,3 +92,27 @@ def test_unknown_lora_target_lists_the_real_modules(tiny_gpt2):
         apply_lora(load_base(resolve(str(tiny_gpt2))), r=4, alpha=8, dropout=0.0,
                    targets=["q_proj"])
     assert "c_attn" in e.value.hint
+
+
+def test_each_method_restores_its_own_checkpoint_weights(full_run, lora_run, tiny_gpt2):
+    from lmtune.run import checkpoint
+    from lmtune.training.methods import METHODS
+
+    cfg = lmtune.config.TrainConfig(method="lora", lora_r=8, lora_alpha=16)
+    for run, name in ((full_run, "full"), (lora_run, "lora")):
+        base = load_base(resolve(str(tiny_gpt2)))
+        model = METHODS[name].apply(base, cfg)
+        before = _logits(model)
+        METHODS[name].restore(model, checkpoint.latest(run.out / "checkpoints") / "model")
+        assert not torch.allclose(_logits(model), before)
+
+
+def test_freeze_on_a_model_of_unknown_depth_is_refused_before_anything_loads():
+    from lmtune.config import TrainConfig, check_against_model
+
+    problems = check_against_model(TrainConfig(method="freeze"), context=256, n_layers=None)
+    assert problems and "cannot tell how many blocks" in problems[0]
+    assert check_against_model(TrainConfig(method="freeze", train_layers=9), context=256,
+                               n_layers=4)[0].startswith("--train-layers 9 is outside 1..4")
+    assert check_against_model(TrainConfig(block_size=512), context=256,
+                               n_layers=4)[0].startswith("--block-size 512 is above")

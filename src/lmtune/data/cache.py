@@ -18,9 +18,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from array import array
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ from lmtune.data.examples import Example, build_examples_with_stats
 from lmtune.data.readers import resolve_format, unescape_separator, read_records
 from lmtune.data.tokenize import (TokenizedDocs, eos_token_id, encode_batch, start_token_id,
                                   tokenize_examples)
+from lmtune.atomic import new_folder
 from lmtune.errors import UserError
 from lmtune.home import lmtune_home
 
@@ -93,9 +91,8 @@ def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> C
     folder = root / key
     if (folder / "meta.json").is_file():
         return CachedCorpus(folder, open_docs(folder), _read_meta(folder)["stats"], key, True)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    # Another process may tokenize the same corpus at once: the first to finish is kept.
+    with new_folder(folder, exists="keep") as tmp:
         t0 = time.perf_counter()
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
         with _Writer(tmp, dtype) as writer:
@@ -106,13 +103,6 @@ def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> C
                 np.dtype(dtype).name, "options": {n: getattr(opts, n, None) for n in
                                                    OPTION_FIELDS}, "stats": stats}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if folder.exists():  # another process finished the same corpus first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CachedCorpus(folder, open_docs(folder), stats, key, False)
 
 

@@ -1,7 +1,7 @@
 """/v1/classify: classification runs (`lmtune train --task classify`) behind the server.
 
-The classifier is tasks/classify/predict.py's own (`load_classifier`, `Classifier.predict`); this file
-only shapes its predictions as the endpoint's answer.
+The classifier is tasks/classify/predict.py's own (`load_classifier`, `Classifier.predict`);
+this file only shapes its predictions as the endpoint's answer.
 """
 
 from __future__ import annotations

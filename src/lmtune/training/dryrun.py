@@ -17,7 +17,7 @@ from itertools import islice
 import torch
 
 from lmtune.analysis.data_report import DataReport, build_report
-from lmtune.training.step import train_step
+from lmtune.training import step as step_module
 
 BURST_STEPS = 3        # timed steps, after one untimed warm-up step (allocations, kernels)
 BURST_SECONDS = 30.0   # stop timing early on a slow machine
@@ -61,7 +61,7 @@ def time_steps(setup, steps: int = BURST_STEPS, budget: float = BURST_SECONDS) -
             micro += list(islice(batches, grad_accum - len(micro)))
         _sync(device)
         t0 = time.perf_counter()
-        train_step(setup, micro)
+        step_module.train_step(setup, micro)  # looked up here, as the loop does
         _sync(device)
         if i:  # the first step pays for allocations and kernel selection
             times.append(time.perf_counter() - t0)

@@ -26,7 +26,8 @@ from lmtune.run.folder import JsonlWriter, NoWriter, RunFolder
 from lmtune.training.flops import flops_per_token, peak_flops
 from lmtune.training.result import Interrupted, TrainResult
 from lmtune.training.setup import Setup, base_name, parameter_counts
-from lmtune.training.step import StepResult, train_step
+from lmtune.training import step as step_module
+from lmtune.training.step import StepResult
 
 MAX_BAD_STEPS = 5  # non-finite gradients in a row before the run gives up
 
@@ -178,7 +179,7 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     for micro in step_batches(setup, state.step):
         if state.step >= plan.total_steps:
             break
-        result = train_step(setup, micro)
+        result = step_module.train_step(setup, micro)
         bad_in_row = _count_skipped(result, state, bad_in_row, emit)
         step_lr = setup.scheduler.get_last_lr()[0]  # the rate this step used
         setup.scheduler.step()
