@@ -22,6 +22,23 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+@contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """Writers in Rust (safetensors) report a full disk as their own exception, "I/O error:
+    No space left on device (os error 28)"; inside this block it becomes the OSError that
+    Python's own writers raise, with `where` as its file name, so one handler serves both."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        text = str(e)
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if f"(os error {code})" in text or os.strerror(code) in text:
+                raise OSError(code, os.strerror(code), str(where)) from e
+        raise
+
+
 def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)`, then rename over `path`. A failure removes the temporary file and keeps
     the old `path`; the error goes on to the caller."""

@@ -8,25 +8,11 @@ import json
 import pytest
 
 import lmtune
+from cli_helpers import assert_clean_error as _assert_clean_error, run_cli as _run
+
 from lmtune.cli import main
 
 pytestmark = pytest.mark.faults
-
-
-def _run(capsys, argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_clean_error(code: int, out: str, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = err.splitlines()
-    assert lines and lines[0].startswith("error: "), err
-    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), err
-    assert "Traceback" not in err and out == ""
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def _snapshot(folder):

@@ -12,6 +12,7 @@ import lmtune
 from lmtune import config as config_mod
 from lmtune.cli import main
 from lmtune.config import GenerateConfig, MergeConfig, TrainConfig
+from lmtune.run.folder import train_config
 from lmtune.errors import UserError
 
 
@@ -21,8 +22,7 @@ def seen(monkeypatch):
     got = {}
 
     def fake_train(config=None, *, config_file=None, on_event=None, **overrides):
-        got["cfg"] = config if config is not None else config_mod.build_train(overrides,
-                                                                              config_file)
+        got["cfg"] = config if config is not None else train_config(overrides, config_file)
         raise UserError("stopped by the test")
 
     import lmtune.training.train as train_module

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_cli_errors import _assert_clean_error, _run
+from cli_helpers import assert_clean_error as _assert_clean_error, run_cli as _run
 
 import lmtune
 from lmtune.data.readers import read_records
@@ -144,6 +144,7 @@ def places(tmp_path, tiny_gpt2, monkeypatch):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"text": "the cat"}\n', encoding="utf-8")
     (run / "config.yaml").write_text("{}\n", encoding="utf-8")
+    (run / ".lmtune-run").write_text("{}", encoding="utf-8")  # lmtune's mark: a run
     monkeypatch.chdir(work)
     return {"model": model, "run": run}
 

@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli_errors import _assert_clean_error, _run
+from cli_helpers import assert_clean_error as _assert_clean_error, run_cli as _run
 
 import lmtune
 from lmtune.cli.parser import COMMANDS
 from lmtune.run import checkpoint
+from lmtune.trust import sha256
 
 pytestmark = pytest.mark.faults
 
@@ -169,7 +170,11 @@ def test_a_malicious_pickle_is_never_unpickled(pickled_model, tiny_gpt2, lines_f
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
                  "model/pytorch_model.bin"):
         _plant(ckpt / name, marker)
-    assert lmtune.train(out=str(out), resume=True, max_steps=4).steps == 4
+    # A checkpoint holds exactly what its manifest lists: a planted file is refused by name.
+    with pytest.raises(lmtune.UserError, match="is not a file lmtune wrote"):
+        lmtune.train(out=str(out), resume=True, max_steps=4)
+    with pytest.raises(lmtune.UserError, match="which its manifest does not list"):
+        checkpoint.verify(ckpt)
     assert not marker.exists()
 
 
@@ -246,7 +251,7 @@ def test_a_checkpoint_file_rewritten_with_its_manifest_is_still_refused(tiny_gpt
     target = ckpt / "optimizer.safetensors"
     os.truncate(target, target.stat().st_size - 100)
     manifest = json.loads((ckpt / "manifest.json").read_text())
-    manifest["optimizer.safetensors"] = checkpoint._sha256(target)
+    manifest["optimizer.safetensors"] = sha256(target)
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(lmtune.UserError, match=f"{target} is not a valid safetensors file"):
         lmtune.train(out=str(out), resume=True, max_steps=4)

@@ -168,7 +168,7 @@ def test_disk_full_is_one_clear_error_and_keeps_the_previous_checkpoint(
 
 def _leftovers(out: Path) -> list[str]:
     """Temporary files and folders of any save, in the run folder or its checkpoints."""
-    return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
+    return sorted(p.name for p in out.rglob("*") if p.name.startswith(TMP_PREFIX))
 
 
 def test_disk_full_during_the_final_save_keeps_the_previous_final_and_resume_writes_it(

@@ -43,6 +43,7 @@ def running_server(models: list[str] = (), names: list[str] = (), **options):
         thread.join(30)
         if state.engine is not None:
             state.engine.stop()
+        state.renderer.close()
         prepared.sock.close()
 
 

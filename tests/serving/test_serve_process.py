@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.faults
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _long_model(tiny_llama: Path, folder: Path) -> Path:

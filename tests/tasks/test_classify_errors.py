@@ -7,7 +7,7 @@ import json
 
 import pytest
 from test_classify import write_labelled
-from test_cli_errors import _assert_clean_error, _run
+from cli_helpers import assert_clean_error as _assert_clean_error, run_cli as _run
 
 import lmtune
 

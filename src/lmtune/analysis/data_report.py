@@ -22,7 +22,7 @@ from lmtune.config import DEFAULT_MODEL, InspectConfig, check_block_size, refuse
 from lmtune.config.defaults import MAX_BLOCK
 from lmtune.data.examples import Example, build_examples_with_stats
 from lmtune.data.readers import read_records
-from lmtune.data.tokenize import TokenizedDocs, tokenize_examples
+from lmtune.data.tokenize import SpecialTexts, TokenizedDocs, tokenize_examples
 from lmtune.errors import UserError
 from lmtune.models.load import context_length, load_tokenizer, peek_config
 from lmtune.models.resolve import resolve
@@ -138,7 +138,11 @@ def describe(examples: list[Example], docs: TokenizedDocs, tokenizer, *, data: s
                                        skip_special_tokens=False)
                       if examples[0].prompt else None),
         parameters=parameters)
-    report.warnings = _warnings(report, records, opts)
+    special = SpecialTexts(tokenizer)
+    for ex in examples:
+        special.add(ex.prompt, ex.completion)
+    report.warnings = _warnings(report, records, opts) + ([special.warning()]
+                                                          if special.examples else [])
     return report
 
 

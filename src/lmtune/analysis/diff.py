@@ -23,7 +23,7 @@ import torch
 from lmtune.analysis.compare import pair_specs
 from lmtune.atomic import write_file
 from lmtune.errors import UserError
-from lmtune.models.load import load_base
+from lmtune.models.load import attach_adapter, load_base
 from lmtune.models.resolve import resolve
 
 METRICS = ("mean_abs_diff", "max_abs_diff", "std_diff", "mean_cosine", "mean_euclidean",
@@ -101,14 +101,13 @@ class DiffResult:
 
 def _lora_pairs(tuned_resolved, base_params: dict | None, trust_remote_code: bool,
                 allow_pickle: bool):
-    from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 
     model = load_base(tuned_resolved, dtype=torch.float32, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
     own = dict(model.named_parameters())  # canonical names; PEFT keeps these Parameter objects
-    peft_model = PeftModel.from_pretrained(model, tuned_resolved.adapter).eval()
+    peft_model = attach_adapter(model, tuned_resolved.adapter, allow_pickle=allow_pickle).eval()
     adapter = peft_model.active_adapter
     tuned: dict[str, Callable] = {}
     for name, module in peft_model.base_model.model.named_modules():

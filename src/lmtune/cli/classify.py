@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from lmtune.config import PredictConfig
 
@@ -21,6 +22,11 @@ def cmd_predict(cfg: PredictConfig) -> int:
         raise UserError("pass texts to classify (--text) or a file of them (--data), not both"
                         if cfg.texts else "nothing to classify",
                         hint="lmtune predict RUN --text '...' [--text ...], or --data FILE")
+    if cfg.out and cfg.data and cfg.data != "-" and Path(cfg.out).exists() \
+            and Path(cfg.out).resolve() == Path(cfg.data).resolve():
+        raise UserError(f"--out {cfg.out} is the --data file itself; the predictions would "
+                        f"replace the texts they came from",
+                        hint="write the predictions to another file")
     clf = load_classifier(cfg.run, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
                           allow_pickle=cfg.allow_pickle)
     if cfg.data == "-" and not cfg.out:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from lmtune import config as config_mod
+from lmtune.config import TrainConfig
 from lmtune.cli.parser import build_parser
 from lmtune.errors import UserError
 
@@ -39,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
               and k not in ("command", "subcommand", "config")}
     module, func = args._handler.split(":")
     try:
-        builder = config_mod.BUILDERS.get(args._cls)
-        cfg = (builder(values, args.config) if builder
-               else config_mod.build(args._cls, values, args.config))
+        if args._cls is TrainConfig:  # --resume reads the run's own config first
+            from lmtune.run.folder import train_config
+            cfg = train_config(values, args.config)
+        else:
+            cfg = config_mod.build(args._cls, values, args.config)
         return getattr(importlib.import_module(module), func)(cfg) or 0
     except UserError as e:
         _print_error(e)

@@ -16,12 +16,9 @@ from lmtune.config.defaults import (CLASS_WEIGHTS, DEFAULT_LR, DEFAULT_MODEL, DE
                                     PRECISIONS, SCHEDULES, TASKS)
 from lmtune.config.fields import (ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, build, coerce,
                                   field_types, flag, load_yaml, opt, to_yaml)
-from lmtune.config.train import (ONE_SHOT_ACTIONS, DataOptions, TrainConfig, build_train,
+from lmtune.config.train import (ONE_SHOT_ACTIONS, RESOLVED_AT_START, DataOptions, TrainConfig,
                                  check_against_model, check_block_size, check_train, read_saved,
                                  refuse, saved_form)
-
-# Commands whose config is built by a function of its own rather than `build`.
-BUILDERS = {TrainConfig: build_train}
 
 __all__ = [
     "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "GenerateConfig",
@@ -29,6 +26,6 @@ __all__ = [
     "ServeConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
     "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
     "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",
-    "load_yaml", "opt", "to_yaml", "ONE_SHOT_ACTIONS", "build_train", "check_against_model",
-    "check_block_size", "check_train", "read_saved", "refuse", "saved_form", "BUILDERS",
+    "load_yaml", "opt", "to_yaml", "ONE_SHOT_ACTIONS", "RESOLVED_AT_START", "check_against_model",
+    "check_block_size", "check_train", "read_saved", "refuse", "saved_form",
 ]

@@ -95,7 +95,9 @@ def load_yaml(path: str | Path, cls: type, *, required: tuple[str, ...] = ()) ->
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}")
+        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise UserError(f"{p} is nested too deeply to be a config file") from None
     if not isinstance(raw, dict):
         raise UserError(f"{p} must hold a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lmtune.config.defaults import (CLASS_WEIGHTS, CLASSIFY_MAX_LENGTH, DATA_FORMATS,
                                     DEFAULT_LR, DEFAULT_MODEL, DEVICES, EVALS_PER_RUN,
@@ -237,16 +236,6 @@ def refuse(problems: list[str]) -> None:
     """Every problem in one error, so a user fixes them all in one go."""
     if problems:
         raise UserError("; ".join(problems))
-
-
-def build_train(overrides: dict[str, Any], config_file: str | None = None) -> TrainConfig:
-    """On --resume the run's saved config is the base layer, so `lmtune train --resume --out
-    RUN` needs no other flag; flags given again are then checked against it by train()."""
-    if overrides.get("resume") and overrides.get("out") and not config_file:
-        saved = Path(overrides["out"]) / "config.yaml"
-        if saved.is_file():
-            return build(TrainConfig, overrides, saved, required=RESOLVED_AT_START)
-    return build(TrainConfig, overrides, config_file)
 
 
 def read_saved(path: Path) -> TrainConfig:

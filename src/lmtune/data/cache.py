@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import json
 import time
 from array import array
@@ -27,14 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from lmtune.data.examples import Example, build_examples_with_stats
-from lmtune.data.readers import resolve_format, unescape_separator, read_records
-from lmtune.data.tokenize import (TokenizedDocs, eos_token_id, encode_batch, start_token_id,
-                                  tokenize_examples)
-from lmtune.atomic import new_folder
+from lmtune.data.readers import (check_data_path, decode_error, read_records, resolve_format,
+                                 splits_lines, unescape_separator)
+from lmtune.data.tokenize import (SpecialTexts, TokenizedDocs, encode_batch, eos_token_id,
+                                  start_token_id, tokenize_examples)
+from lmtune.atomic import is_disk_full, new_folder, remove_folder
 from lmtune.errors import UserError
 from lmtune.home import lmtune_home
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: \r\n read as \n when --split-on splits at line ends
 READ_BLOCK = 1 << 22          # bytes read from disk at a time
 TEXT_CHUNK = 1 << 18          # characters per tokenizer input when one document is huge
 EXAMPLES_PER_CHUNK = 20_000   # examples tokenized (and held) at a time
@@ -82,15 +84,42 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> CachedCorpus:
     """The tokenized corpus of `path` (built on first use, then read from the cache)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file not found: {path}", hint="check the path, or pass a folder "
-                                                             "of .txt files")
+    path = check_data_path(path)  # before its bytes are hashed: a pipe would block that
     root = root or cache_root()
     key = corpus_key(path, opts, tokenizer)
     folder = root / key
     if (folder / "meta.json").is_file():
-        return CachedCorpus(folder, open_docs(folder), _read_meta(folder)["stats"], key, True)
+        cached = _open_cached(folder, key)
+        if cached is not None:
+            return cached
+        remove_folder(folder)  # damaged (a crash of another tool, a disk error): made again
+    try:
+        return _build(path, opts, tokenizer, folder, key)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise UserError(f"disk full while writing the token cache in {root}: {e.strerror}",
+                        hint="free disk space, or set LMTUNE_HOME to a folder on a disk with "
+                             "room for the tokenized corpus") from None
+
+
+def _open_cached(folder: Path, key: str) -> CachedCorpus | None:
+    """A cache entry, checked for consistency; None when it is damaged."""
+    try:
+        meta = _read_meta(folder)
+        docs = open_docs(folder)
+        offsets = np.asarray(docs.offsets)
+        whole = (meta.get("version") == CACHE_VERSION and offsets.ndim == 1
+                 and len(offsets) >= 1 and offsets[0] == 0
+                 and bool((np.diff(offsets) >= 0).all())
+                 and len(docs.ids) == len(docs.loss_mask) == offsets[-1]
+                 and isinstance(meta.get("stats"), dict))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return CachedCorpus(folder, docs, meta["stats"], key, True) if whole else None
+
+
+def _build(path: Path, opts, tokenizer, folder: Path, key: str) -> CachedCorpus:
     # Another process may tokenize the same corpus at once: the first to finish is kept.
     with new_folder(folder, exists="keep") as tmp:
         t0 = time.perf_counter()
@@ -175,39 +204,49 @@ def _tokenize_into(writer: _Writer, path: Path, opts, tokenizer) -> dict:
     plain = not any(getattr(opts, n, None) for n in ("template", "prompt_template",
                                                      "completion_template"))
     column = getattr(opts, "column", None)
+    special = SpecialTexts(tokenizer)
     if fmt == "txt" and path.is_file() and plain and column in (None, "text"):
-        return _stream_text_file(writer, path, opts, tokenizer)
+        return {**_stream_text_file(writer, path, opts, tokenizer, special), **special.stats()}
     records = read_records(path, fmt=fmt, encoding=opts.encoding, split_on=opts.split_on)
     examples, stats = build_examples_with_stats(
         records, source=str(path), column=column, template=opts.template,
         prompt_template=opts.prompt_template, completion_template=opts.completion_template)
     del records
     for i in range(0, len(examples), EXAMPLES_PER_CHUNK):
-        writer.add_docs(tokenize_examples(examples[i:i + EXAMPLES_PER_CHUNK], tokenizer))
-    return stats
+        _add(writer, examples[i:i + EXAMPLES_PER_CHUNK], tokenizer, special)
+    return {**stats, **special.stats()}
 
 
-def _stream_text_file(writer: _Writer, path: Path, opts, tokenizer) -> dict:
+def _add(writer: _Writer, examples: list[Example], tokenizer, special: SpecialTexts) -> None:
+    for ex in examples:
+        special.add(ex.prompt, ex.completion)
+    writer.add_docs(tokenize_examples(examples, tokenizer))
+
+
+def _stream_text_file(writer: _Writer, path: Path, opts, tokenizer,
+                      special: SpecialTexts) -> dict:
     separator = unescape_separator(opts.split_on) if opts.split_on is not None else None
     if separator == "":
         raise UserError("--split-on is empty", hint='pass a separator such as "\\n\\n" or "\\n"')
     if separator is None:
-        return _stream_one_document(writer, path, opts.encoding, tokenizer)
-    n_pieces, pending = 0, []
-    for piece in _split_stream(_decoded_blocks(path, opts.encoding), separator, path):
+        return _stream_one_document(writer, path, opts.encoding, tokenizer, special)
+    n_pieces, pending, seen = 0, [], {}
+    blocks = _decoded_blocks(path, opts.encoding, newlines=splits_lines(separator), seen=seen)
+    for piece in _split_stream(blocks, separator, path):
         pending.append(Example("", piece))
         n_pieces += 1
         if len(pending) >= EXAMPLES_PER_CHUNK:
-            writer.add_docs(tokenize_examples(pending, tokenizer))
+            _add(writer, pending, tokenizer, special)
             pending = []
     if pending:
-        writer.add_docs(tokenize_examples(pending, tokenizer))
+        _add(writer, pending, tokenizer, special)
     if n_pieces == 0:
         raise UserError(f"{path} is empty", hint="point to a file that contains text")
-    return {"records": n_pieces, "dropped_empty": 0, "dropped_missing": 0}
+    return {"records": n_pieces, "dropped_empty": 0, "dropped_missing": 0, **seen}
 
 
-def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer) -> dict:
+def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer,
+                         special: SpecialTexts) -> dict:
     """The whole file is one document: [start] + text + [eos], tokenized in ~256 KB pieces cut
     after a newline (so no word is split; the only difference from tokenizing it whole is
     that a run of blank lines can be cut in two)."""
@@ -219,6 +258,8 @@ def _stream_one_document(writer: _Writer, path: Path, encoding: str, tokenizer) 
         if first:
             chunk, first = chunk.lstrip(" \r\n"), False
         has_text = has_text or not chunk.isspace()  # tabs only is still an empty file
+        if not special.examples:  # one document: it either spells a special token or not
+            special.add(chunk)
         pieces.append(chunk)
         if len(pieces) >= 9:  # 2 MB per call: enough to keep every core busy
             wrote_start = _flush(writer, pieces[:-1], tokenizer, start, wrote_start)
@@ -245,29 +286,36 @@ def _flush(writer, pieces, tokenizer, start, wrote_start) -> bool:
     return True
 
 
-def _decoded_blocks(path: Path, encoding: str) -> Iterator[str]:
+def _decoded_blocks(path: Path, encoding: str, newlines: bool = False,
+                    seen: dict | None = None) -> Iterator[str]:
+    """The file's text, a block at a time; `newlines`: Windows line ends (CR LF, and a lone
+    CR) read as LF, also where a block boundary falls between the two, and `seen["crlf"]`
+    says whether there were any."""
     try:
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     except LookupError:
         raise UserError(f"unknown encoding '{encoding}'",
                         hint="--encoding utf-8 (or latin-1, cp1252, utf-16)") from None
-    lines_before, first = 0, True
+    if newlines:
+        decoder = io.IncrementalNewlineDecoder(decoder, translate=True)
+    lines_before, first, head = 0, True, b""
     with open(path, "rb") as f:
         while True:
             block = f.read(READ_BLOCK)
+            head = head or block[:4]
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
                 line = lines_before + block.count(b"\n", 0, max(0, e.start)) + 1
-                raise UserError(f"{path} line {line}: bytes that are not valid {encoding} "
-                                f"({e.reason})", hint="pass the file's encoding, e.g. "
-                                "--encoding latin-1 or --encoding cp1252") from None
+                raise decode_error(path, line, encoding, e.reason, head) from None
             lines_before += block.count(b"\n")
             if first:
                 text, first = text.removeprefix("\ufeff"), False
             if text:
                 yield text
             if not block:
+                if newlines and seen is not None and "\r\n" in (decoder.newlines or ()):
+                    seen["crlf"] = True
                 return
 
 

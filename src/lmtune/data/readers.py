@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmtune.config.defaults import DATA_FORMATS
 from lmtune.errors import UserError
+from lmtune.trust import require_regular
 
 FORMATS = DATA_FORMATS
 
@@ -31,9 +32,7 @@ csv.field_size_limit(2**31 - 1)
 def read_records(path: str | Path, fmt: str | None = None, encoding: str = "utf-8",
                  split_on: str | None = None) -> list[dict]:
     """Read `path` as `fmt` (default: from the extension; a folder means .txt files)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file not found: {path}", hint="check the path, or pass a folder of .txt files")
+    path = check_data_path(path)
     fmt = resolve_format(path, fmt)
     if split_on is not None and fmt != "txt":
         raise UserError(f"--split-on only applies to plain text, but {path} is read as {fmt}",
@@ -79,6 +78,17 @@ def _refuse_compressed(path: Path) -> None:
                                       "and pass the extracted file")
 
 
+def check_data_path(path: str | Path) -> Path:
+    """A data path that exists and is a folder or a regular file: a named pipe or a device
+    (/dev/zero, or a link to it) would block the reader or never end."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file not found: {path}", hint="check the path, or pass a folder of .txt files")
+    if not path.is_dir():
+        require_regular(path, "data file")
+    return path
+
+
 def resolve_format(path: Path, fmt: str | None) -> str:
     _refuse_compressed(path)
     if fmt is not None:
@@ -105,6 +115,28 @@ def unescape_separator(separator: str) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: escapes[m.group(1)], separator)
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def decode_error(path: Path, line: int, encoding: str, reason: str, head: bytes) -> UserError:
+    """Bytes that are not `encoding`: the line, and the likely encoding when the file says it
+    (a UTF-16 or UTF-32 byte-order mark)."""
+    bom = next((name for mark, name in _BOMS if head.startswith(mark)), None)
+    if bom and bom not in encoding.lower().replace("_", "-"):
+        return UserError(f"{path} is {bom} (it starts with a {bom} byte-order mark), not "
+                         f"{encoding}", hint=f"pass --encoding {bom}")
+    return UserError(f"{path} line {line}: bytes that are not valid {encoding} ({reason})",
+                     hint="pass the file's encoding, e.g. --encoding latin-1 or --encoding "
+                          "cp1252")
+
+
+def splits_lines(separator: str | None) -> bool:
+    """A separator written with LF (and no CR) means line ends, which a file written on
+    Windows spells CR LF: such a file is then read with its line ends as LF."""
+    return separator is not None and "\n" in separator and "\r" not in separator
+
+
 def _decode(path: Path, encoding: str) -> str:
     data = path.read_bytes()
     try:
@@ -113,13 +145,14 @@ def _decode(path: Path, encoding: str) -> str:
         raise UserError(f"unknown encoding '{encoding}'", hint="--encoding utf-8 (or latin-1, cp1252, utf-16)") from None
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path} line {line}: bytes that are not valid {encoding} ({e.reason})",
-                        hint="pass the file's encoding, e.g. --encoding latin-1 or --encoding cp1252") from None
+        raise decode_error(path, line, encoding, e.reason, data[:4]) from None
     # Editors on Windows start UTF-8 files with a byte-order mark; it is not text.
     return text.removeprefix("\ufeff")
 
 
 def _split_text(text: str, separator: str | None) -> list[dict]:
+    if splits_lines(separator):
+        text = text.replace("\r\n", "\n")
     pieces = [text] if separator is None else text.split(separator)
     # Strip only the newlines and spaces at the edges: indentation and tabs inside stay.
     return [{"text": p.strip(" \r\n")} for p in pieces if p.strip()]
@@ -191,6 +224,8 @@ def _read_jsonl(path: Path, text: str) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} line {number}: invalid JSON ({e.msg}, column {e.colno})",
                             hint="each line of a .jsonl file must be one complete JSON object") from None
+        except RecursionError:
+            raise _too_deep(f"{path} line {number}") from None
         records.append(_as_record(value, f"{path} line {number}"))
     return records
 
@@ -198,6 +233,8 @@ def _read_jsonl(path: Path, text: str) -> list[dict]:
 def _read_json(path: Path, text: str) -> list[dict]:
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise _too_deep(str(path)) from None
     except json.JSONDecodeError as e:
         hint = "fix the JSON syntax at that position"
         if e.msg == "Extra data":
@@ -215,6 +252,12 @@ def _read_json(path: Path, text: str) -> list[dict]:
     if not value:
         raise UserError(f"{path} is empty (an empty JSON list)", hint="add records to the list")
     return [_as_record(v, f"{path} item {i}") for i, v in enumerate(value)]
+
+
+def _too_deep(where: str) -> UserError:
+    return UserError(f"{where}: JSON nested too deeply to read (thousands of levels)",
+                     hint="a record is an object of fields holding text, numbers or short "
+                          "lists; flatten the data")
 
 
 def _as_record(value, where: str) -> dict:

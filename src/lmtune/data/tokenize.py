@@ -5,6 +5,7 @@ real token something to be predicted from (so unconditional generation can begin
 it); the EOS counts in the loss so the model learns to stop.
 """
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -109,3 +110,43 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     # verbose=False: a long document is not an error here; packing cuts it into blocks.
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+class SpecialTexts:
+    """Counts examples whose text spells a special token ("<|endoftext|>"): the tokenizer
+    reads that text as the token itself, so an end token in mid-example teaches the model to
+    stop there. Worth a warning, never a silent change of the user's text."""
+
+    def __init__(self, tokenizer):
+        tokens = {t for t in getattr(tokenizer, "all_special_tokens", []) if t}
+        self._pattern = (re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len,
+                                                                            reverse=True)))
+                         if tokens else None)
+        self.examples, self.token = 0, None
+
+    def add(self, *texts: str) -> None:
+        if self._pattern is None:
+            return
+        for text in texts:
+            found = self._pattern.search(text)
+            if found:
+                self.examples += 1
+                self.token = self.token or found.group(0)
+                return
+
+    def stats(self) -> dict:
+        return {"special_text": self.examples, "special_token": self.token} \
+            if self.examples else {}
+
+    def warning(self) -> str | None:
+        return special_text_warning(self.stats())
+
+
+def special_text_warning(stats: dict) -> str | None:
+    n, token = stats.get("special_text", 0), stats.get("special_token")
+    if not n:
+        return None
+    return (f"{n} example{'s' if n > 1 else ''} contain{'' if n > 1 else 's'} the text {token!r}, "
+            f"which the tokenizer reads as its special token {token}: where that is the end "
+            f"token, the model learns to stop there (if it separates examples, pass "
+            f"--split-on {token!r})")

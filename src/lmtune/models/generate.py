@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lmtune.data.tokenize import start_token_id
+from lmtune.models.chat import render_chat
 from lmtune.errors import UserError
 
 
@@ -26,9 +27,9 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list[int]:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("--chat: this model's tokenizer has no chat template",
                             hint="drop --chat to use the prompt as plain text")
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        text = render_chat(tokenizer, [{"role": "user", "content": prompt}])
+        # The template writes any start token itself, so no special tokens are added here.
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
     # Training put the start token before every example, so a prompt is read after it too.
     return [start_token_id(tokenizer)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 

@@ -1,14 +1,53 @@
 """Loading what `resolve` found: the tokenizer, the base model (checked before transformers
-reads it: trust.py) and, for a run, its LoRA adapter on top."""
+reads it: trust.py, and a folder lmtune wrote against its manifest) and, for a run, its LoRA
+adapter on top. A file transformers cannot read (a truncated config or tokenizer, an unknown
+architecture, weights that do not fit) is one error line naming the folder."""
 
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmtune.errors import UserError
 from lmtune.models.resolve import Resolved, refuse_classifier, resolve
+from lmtune.run.artifact import verify_artifact
 from lmtune.trust import check_weights, refuse_remote_code
+
+
+@contextmanager
+def reading(what: str, folder):
+    """Errors of transformers, PEFT or tokenizers while they read `folder` as one line."""
+    try:
+        yield
+    except (UserError, MemoryError):
+        raise
+    except Exception as e:  # only the library's reading runs inside: its errors are the file's
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"cannot read the {what} in {folder}: {first}",
+                        hint="the folder is damaged or incomplete, or made for another "
+                             "library; copy or download it again") from None
+
+
+def check_folder(folder: Path, spec: str, allow_pickle: bool) -> None:
+    """A local folder about to be loaded: lmtune's own checked against their manifest, every
+    weight file checked before a loader sees it."""
+    verify_artifact(folder)
+    check_weights(folder, spec, allow_pickle)
+
+
+def attach_adapter(model, folder: Path, *, allow_pickle: bool = False,
+                   adapter_name: str | None = None):
+    """A LoRA adapter folder onto `model` (onto a PeftModel: as one more adapter)."""
+    from peft import PeftModel
+
+    check_folder(folder, str(folder), allow_pickle)
+    with reading("LoRA adapter", folder):
+        if isinstance(model, PeftModel):
+            model.load_adapter(folder, adapter_name=adapter_name)
+            return model
+        named = {} if adapter_name is None else {"adapter_name": adapter_name}
+        return PeftModel.from_pretrained(model, folder, **named)
 
 
 def load_tokenizer(resolved: Resolved, trust_remote_code: bool = False):
@@ -18,7 +57,8 @@ def load_tokenizer(resolved: Resolved, trust_remote_code: bool = False):
     source = resolved.adapter if resolved.adapter and (
         resolved.adapter / "tokenizer_config.json").is_file() else resolved.path
     refuse_remote_code(Path(source), resolved.spec, trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    with reading("tokenizer", source):
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tok.eos_token_id is None:
         raise UserError(f"the tokenizer of {resolved.spec} has no end-of-sequence token",
                         hint="lmtune teaches every example to end with it; use a tokenizer "
@@ -42,26 +82,28 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
 
     auto_class = auto_class or AutoModelForCausalLM
     refuse_remote_code(Path(resolved.path), resolved.spec, trust_remote_code)
-    check_weights(Path(resolved.path), resolved.spec, allow_pickle)
-    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    check_folder(Path(resolved.path), resolved.spec, allow_pickle)
+    with reading("model config", resolved.path):
+        config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     if getattr(config, "auto_map", None) and not trust_remote_code:
         raise UserError(f"model {resolved.spec} asks to run code from its repository",
                         hint="pass --trust-remote-code if you trust its author")
     # use_safetensors=True: transformers never falls back to a pickle it finds next to them.
     kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
                   use_safetensors=None if allow_pickle else True, **config_overrides)
-    try:
-        return auto_class.from_pretrained(resolved.path, attn_implementation=
-                                          attn_implementation, **kwargs)
-    except pickle.UnpicklingError as e:  # --allow-pickle, and the pickle holds more than tensors
-        raise UserError(f"the pickled weights of {resolved.spec} hold objects other than "
-                        f"tensors and were not loaded ({str(e).splitlines()[0].strip()})",
-                        hint="ask its author for safetensors weights") from None
-    except (ValueError, ImportError) as e:
-        if "attn" not in str(e).lower() and "sdpa" not in str(e).lower():
-            raise
-        # Architectures without SDPA support (older GPT-Neo code paths) fall back to eager.
-        return auto_class.from_pretrained(resolved.path, **kwargs)
+    with reading("model", resolved.path):
+        try:
+            return auto_class.from_pretrained(resolved.path, attn_implementation=
+                                              attn_implementation, **kwargs)
+        except pickle.UnpicklingError as e:  # --allow-pickle, and it holds more than tensors
+            raise UserError(f"the pickled weights of {resolved.spec} hold objects other than "
+                            f"tensors and were not loaded ({str(e).splitlines()[0].strip()})",
+                            hint="ask its author for safetensors weights") from None
+        except (ValueError, ImportError) as e:
+            if "attn" not in str(e).lower() and "sdpa" not in str(e).lower():
+                raise
+            # Architectures without SDPA support (older GPT-Neo code paths) fall back to eager.
+            return auto_class.from_pretrained(resolved.path, **kwargs)
 
 
 def load(spec: str | None = None, *, dtype=None, trust_remote_code: bool = False,
@@ -73,11 +115,7 @@ def load(spec: str | None = None, *, dtype=None, trust_remote_code: bool = False
     model = load_base(resolved, dtype=dtype, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
     if resolved.adapter is not None:
-        from peft import PeftModel
-
-        check_weights(resolved.adapter, str(resolved.adapter), allow_pickle)
-
-        model = PeftModel.from_pretrained(model, resolved.adapter)
+        model = attach_adapter(model, resolved.adapter, allow_pickle=allow_pickle)
         if merge:
             model = model.merge_and_unload(safe_merge=True)
     model.eval()
@@ -115,4 +153,5 @@ def peek_config(resolved: Resolved, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     refuse_remote_code(Path(resolved.path), resolved.spec, trust_remote_code)
-    return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    with reading("model config", resolved.path):
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)

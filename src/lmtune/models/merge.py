@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import torch
 from lmtune.atomic import new_folder
 from lmtune.errors import UserError
 from lmtune.models.generate import encode_prompt
-from lmtune.models.load import load_base, load_tokenizer
+from lmtune.models.load import attach_adapter, load_base, load_tokenizer
 from lmtune.models.resolve import refuse_classifier, resolve
-from lmtune.run.artifact import RUN_FILE
+from lmtune.run.artifact import finish_artifact
 
 MAX_LOGIT_DIFF = 1e-3
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789"
@@ -28,8 +27,6 @@ class MergeResult:
 @torch.no_grad()
 def merge(run: str, out: str, *, trust_remote_code: bool = False,
           allow_pickle: bool = False) -> MergeResult:
-    from peft import PeftModel
-
     resolved = resolve(run)
     refuse_classifier(resolved)  # its adapter sits on a classification head, not this LM
     if resolved.adapter is None:
@@ -44,7 +41,7 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
     # would measure the rounding, not the merge.
     base = load_base(resolved, dtype=torch.float32, trust_remote_code=trust_remote_code,
                      allow_pickle=allow_pickle)
-    model = PeftModel.from_pretrained(base, resolved.adapter).eval()
+    model = attach_adapter(base, resolved.adapter, allow_pickle=allow_pickle).eval()
     probe = torch.tensor([encode_prompt(tokenizer, PROBE_TEXT)])
     before = model(probe).logits
     merged = model.merge_and_unload(safe_merge=True)  # safe_merge refuses NaN weights
@@ -58,5 +55,5 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
     with new_folder(target) as tmp:  # an empty `target` (checked above) is replaced
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        finish_artifact(tmp, info)
     return MergeResult(out=target, max_logit_diff=diff)

@@ -124,10 +124,19 @@ def resolve(spec: str | None) -> Resolved:
         info = read_run_info(folder)
         if (folder / "adapter_config.json").is_file():
             base = (info or {}).get("base_model") or _adapter_base(folder)
-            base_resolved = resolve(base)
-            if base_resolved.adapter is not None:
+            if not isinstance(base, str) or not base:
+                raise UserError(f"adapter {folder} does not name its base model")
+            base_path = Path(base).expanduser()
+            base_folder = artifact_folder(base_path) if base_path.is_dir() else None
+            if base_folder is not None and base_folder.resolve() == folder.resolve():
+                raise UserError(f"adapter {folder} names itself as its base model",
+                                hint="its lmtune.json or adapter_config.json was edited; set "
+                                     "base_model to the model it was trained on")
+            # Checked before following it: a chain of adapters naming each other never ends.
+            if base_folder is not None and (base_folder / "adapter_config.json").is_file():
                 raise UserError(f"adapter {folder} sits on another adapter ({base}); merge that "
                                 f"one first with lmtune merge")
+            base_resolved = resolve(base)
             return Resolved(spec, base_resolved.path, adapter=folder, info=info)
         if (folder / "config.json").is_file():
             return Resolved(spec, str(folder), info=info)
@@ -140,8 +149,12 @@ def resolve(spec: str | None) -> Resolved:
 
 
 def _adapter_base(folder: Path) -> str:
-    cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    base = cfg.get("base_model_name_or_path")
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise UserError(f"{folder / 'adapter_config.json'} is not valid JSON; the adapter is "
+                        f"damaged") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
     if not base:
         raise UserError(f"adapter {folder} does not name its base model")
     return base

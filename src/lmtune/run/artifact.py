@@ -3,7 +3,8 @@
 
   model.safetensors (or adapter_model.safetensors and adapter_config.json for LoRA), config
   files, the tokenizer, and lmtune.json: what later commands need to know (the base model,
-  the method, the templates the data was read with, for a classifier its labels).
+  the method, the templates the data was read with, for a classifier its labels), and
+  manifest.json, the sha256 of every file, checked before the folder is loaded.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmtune.atomic import new_folder
+from lmtune.atomic import disk_errors, new_folder
 from lmtune.errors import UserError
+from lmtune.trust import MANIFEST, verify_manifest, write_manifest
 from lmtune.version import __version__
 
 RUN_FILE = "lmtune.json"
@@ -25,10 +27,16 @@ def save_artifact(folder: Path, model, tokenizer, info: dict,
     half-written, and a previous `folder` stays until the new one is complete. `state_dict`:
     the weights when the model holds only a shard of them (FSDP)."""
     given = {} if state_dict is None else {"state_dict": state_dict}
-    with new_folder(folder) as tmp:
+    with disk_errors(folder), new_folder(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **given)
         tokenizer.save_pretrained(tmp)
-        (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        finish_artifact(tmp, info)
+
+
+def finish_artifact(folder: Path, info: dict) -> None:
+    """lmtune.json, then the manifest of every file (last: it says the folder is whole)."""
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    write_manifest(folder)
 
 
 def read_run_info(folder: Path) -> dict | None:
@@ -38,7 +46,7 @@ def read_run_info(folder: Path) -> dict | None:
         return None
     try:
         info = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{f} is not valid JSON; the run folder is damaged") from None
     if not isinstance(info, dict):
         raise UserError(f"{f} does not hold a JSON object; the run folder is damaged")
@@ -59,3 +67,18 @@ def run_info(cfg, base_model: str) -> dict:
         # Every training example started with this token; generation prepends it too.
         "start_token": "bos_or_eos",
     }
+
+
+# Files a person may add beside a model without changing what loads: notes, model cards.
+_NOTES = (".md", ".txt")
+
+
+def verify_artifact(folder: Path) -> None:
+    """A folder lmtune wrote (it has lmtune.json and a manifest) is checked against its
+    manifest before it is loaded: a flipped byte in the weights is refused, not used. An
+    artifact written before lmtune kept manifests has none and loads as it is."""
+    if not ((folder / RUN_FILE).is_file() and (folder / MANIFEST).is_file()):
+        return
+    verify_manifest(folder, "model folder", "the files were changed after lmtune wrote "
+                                            "them; restore them, or train the run again",
+                    extra_ok=lambda name: "/" not in name and Path(name).suffix in _NOTES)

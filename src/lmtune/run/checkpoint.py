@@ -17,7 +17,6 @@ everything else to JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,9 +27,9 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmtune.atomic import is_disk_full, new_folder, remove_folder, sweep
+from lmtune.atomic import disk_errors, is_disk_full, new_folder, remove_folder, sweep
 from lmtune.errors import UserError
-from lmtune.trust import check_safetensors
+from lmtune.trust import MANIFEST, verify_manifest, write_manifest
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 # Tests set LMTUNE_KILL_AT=POINT@STEP to SIGKILL the process at one moment of a save (a kill
@@ -42,16 +41,8 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+REQUIRED = ("state.json", "optimizer.json", "optimizer.safetensors", "rng.safetensors")
+DAMAGED_HINT = "delete that checkpoint folder to resume from an older one"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +86,7 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
     final = ckpt_root / step_name(step)
     try:
         # A re-save of the same step (an interrupt right after a save) replaces it.
-        with new_folder(final) as tmp:
+        with disk_errors(final), new_folder(final) as tmp:
             save_model(tmp / "model")
             _kill_point("model", step)
             tensors, meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
@@ -104,8 +95,7 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
             _kill_point("optimizer", step)
             save_file(rng or _rng_states(), tmp / "rng.safetensors")
             _write_json(tmp / "state.json", state)
-            manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
-            _write_json(tmp / "manifest.json", manifest)
+            write_manifest(tmp)
             _kill_point("manifest", step)
         _kill_point("renamed", step)
     except OSError as e:
@@ -172,28 +162,37 @@ def complete_steps(ckpt_root: Path) -> list[int]:
     steps = []
     for p in ckpt_root.iterdir():
         m = STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "manifest.json").is_file():
+        if m and p.is_dir() and (p / MANIFEST).is_file():
             steps.append(int(m.group(1)))
     return sorted(steps)
 
 
 def verify(folder: Path) -> None:
+    """The checkpoint holds exactly the files its manifest lists, each unchanged, and its
+    state and optimizer files have the shape lmtune writes; else it is refused by name."""
+    manifest = verify_manifest(folder, "checkpoint", DAMAGED_HINT)
+    missing = [n for n in REQUIRED if n not in manifest]
+    if missing or not any(n.startswith("model/") for n in manifest):
+        raise UserError(f"checkpoint {folder} lacks {(missing or ['its model'])[0]}",
+                        hint=DAMAGED_HINT)
+    state = _read_json(folder / "state.json")
+    if not isinstance(state, dict) or type(state.get("step")) is not int:
+        raise UserError(f"checkpoint {folder} has a malformed state.json", hint=DAMAGED_HINT)
+    meta = _read_json(folder / "optimizer.json")
+    if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
+            and isinstance(meta.get("state"), dict)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    for g in meta["param_groups"])
+            and all(isinstance(v, dict) for v in meta["state"].values())):
+        raise UserError(f"checkpoint {folder} has a malformed optimizer.json",
+                        hint=DAMAGED_HINT)
+
+
+def _read_json(path: Path):
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"checkpoint {folder} has an unreadable manifest ({e})",
-                        hint="delete that checkpoint folder to resume from an older one")
-    for rel, digest in manifest.items():
-        path = folder / rel
-        if not path.is_file():
-            raise UserError(f"checkpoint {folder} is missing {rel}",
-                            hint="delete that checkpoint folder to resume from an older one")
-        if _sha256(path) != digest:
-            raise UserError(f"checkpoint file {path} does not match its manifest (altered or "
-                            f"truncated)", hint="delete that checkpoint folder to resume from "
-                                                "an older one")
-        if path.suffix == ".safetensors":  # a manifest can be rewritten along with the file
-            check_safetensors(path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise UserError(f"{path} is not valid JSON", hint=DAMAGED_HINT) from None
 
 
 def latest(ckpt_root: Path) -> Path | None:
@@ -206,8 +205,12 @@ def read_state(folder: Path) -> dict:
 
 
 def read_optimizer(folder: Path) -> dict:
-    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    return _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta)
+    meta = _read_json(folder / "optimizer.json")
+    try:
+        return _unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"checkpoint {folder} has a malformed optimizer state",
+                        hint=DAMAGED_HINT) from None
 
 
 def read_rng(folder: Path) -> dict[str, torch.Tensor]:

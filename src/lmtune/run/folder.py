@@ -1,5 +1,6 @@
 """The run folder is the contract: everything a later command needs sits in it.
 
+  .lmtune-run      lmtune's mark: this folder is a run (what --resume and --overwrite act on)
   config.yaml      the resolved config (pass it back with --config)
   metrics.jsonl    one JSON object per log step and per evaluation
   samples.jsonl    samples generated during training
@@ -9,7 +10,10 @@
   loss.png, report.html   the report (analysis/report.py)
 
 `RunFolder` is the one place that knows these names; every command that reads or writes a
-run goes through it.
+run goes through it. A folder is a run only by lmtune's mark (or, for runs made before the
+mark, by a complete config.yaml beside lmtune's layout): a file that happens to be named
+config.yaml never makes a user's folder one, and --overwrite removes only files lmtune wrote
+(those its manifests list, or its own names), never anything else.
 """
 
 from __future__ import annotations
@@ -22,13 +26,38 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.atomic import sweep, write_text
-from lmtune.config import TrainConfig, read_saved, saved_form, to_yaml
+from lmtune.atomic import TMP_PREFIX, is_disk_full, write_json, write_text
+from lmtune.config import (RESOLVED_AT_START, TrainConfig, build, read_saved, saved_form,
+                           to_yaml)
 from lmtune.errors import UserError
 from lmtune.run.artifact import RUN_FILE, read_run_info
+from lmtune.run.checkpoint import STEP_DIR, complete_steps
+from lmtune.trust import MANIFEST, read_manifest
+from lmtune.version import __version__
 
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "samples.jsonl")
-RUN_OUTPUTS = RUN_MARKERS + ("loss.png", "report.html")  # what --overwrite removes
+MARKER = ".lmtune-run"
+LOCK = ".lock"
+OWN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "loss.png", "report.html")
+RUN_OUTPUTS = OWN_FILES + ("checkpoints", "final")
+# What a model artifact written before lmtune kept manifests holds (transformers, PEFT and
+# tokenizer files): --overwrite removes these from such a final/, and leaves anything else.
+LEGACY_ARTIFACT_FILES = (RUN_FILE, "config.json", "generation_config.json",
+                         "adapter_config.json", "adapter_model.safetensors",
+                         "model.safetensors", "model.safetensors.index.json",
+                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+                         "chat_template.jinja", "README.md")
+
+
+def train_config(overrides: dict, config_file: str | None = None) -> TrainConfig:
+    """`lmtune train`'s config. On --resume the run's saved config is the base layer, so
+    `lmtune train --resume --out RUN` needs no other flag (flags given again are then checked
+    against it); only a folder lmtune marked as a run lends its config.yaml."""
+    if overrides.get("resume") and overrides.get("out") and not config_file:
+        run = RunFolder(overrides["out"])
+        if run.config_file.is_file() and run.holds_run():
+            return build(TrainConfig, overrides, run.config_file, required=RESOLVED_AT_START)
+    return build(TrainConfig, overrides, config_file)
 
 
 def default_out(data: str) -> Path:
@@ -74,7 +103,20 @@ class RunFolder:
         return self.path / "report.html"
 
     def holds_run(self) -> bool:
-        return self.path.is_dir() and any((self.path / m).exists() for m in RUN_MARKERS)
+        """The folder is a run lmtune made: it has lmtune's mark, or (a run made before the
+        mark) a config.yaml lmtune wrote beside a log, a checkpoint or a final model."""
+        if not self.path.is_dir():
+            return False
+        if (self.path / MARKER).is_file():
+            return True
+        if not self.config_file.is_file():
+            return False
+        try:
+            self.config()
+        except UserError:
+            return False
+        return (self.metrics_file.is_file() or (self.final / RUN_FILE).is_file()
+                or bool(complete_steps(self.checkpoints)))
 
     @classmethod
     def containing(cls, spec: str | Path | None) -> "RunFolder | None":
@@ -84,7 +126,7 @@ class RunFolder:
         p = Path(spec).expanduser()
         for folder in (p, p.parent, p.parent.parent, p.parent.parent.parent):
             run = cls(folder)
-            if run.config_file.is_file() and run.metrics_file.exists():
+            if run.config_file.is_file() and run.holds_run():
                 return run
         return None
 
@@ -99,39 +141,56 @@ class RunFolder:
         return read_run_info(self.final) or {}
 
     def records(self, path: Path) -> list[dict]:
-        """The JSON records of metrics.jsonl or samples.jsonl; a line torn by a crash is
-        skipped."""
-        if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        """The JSON records of metrics.jsonl or samples.jsonl; a line torn by a crash (even
+        inside a character) is skipped."""
+        return [record for record, _ in _read_records(path)]
 
     # --- writing (rank 0 of a training run, under its lock)
 
     def write_config(self, cfg: TrainConfig) -> None:
         write_text(self.config_file, to_yaml(saved_form(cfg)))
 
+    def mark(self) -> None:
+        """lmtune's mark, written before anything else of a run (and added to a run made
+        before marks existed, when it is resumed or overwritten)."""
+        if not (self.path / MARKER).is_file():
+            write_json(self.path / MARKER, {"lmtune": __version__,
+                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
     def clean_partial(self) -> None:
-        """Remove what a crash during a save left behind: temporary checkpoint folders, and
-        temporary files and folders of the run's own outputs."""
-        sweep(self.checkpoints)
-        sweep(self.path)
+        """Remove what a crash during a save left behind: lmtune's temporary folders among
+        the checkpoints, and the temporary copies of the run's own files."""
+        for folder, names in ((self.checkpoints, None), (self.path, RUN_OUTPUTS + (MARKER,))):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                rest = p.name[len(TMP_PREFIX):]
+                if p.name.startswith(TMP_PREFIX) and (names is None or any(
+                        rest == n or rest.startswith(f"{n}-") or rest == f"old-{n}"
+                        for n in names)):
+                    _remove_path(p)
 
     def clear(self) -> None:
-        """--overwrite: remove what a run wrote, nothing else."""
-        for name in RUN_OUTPUTS + (RUN_FILE,):
+        """--overwrite: remove what the run wrote, nothing else. Folders lmtune writes whole
+        (each checkpoint, final/) lose the files their manifest lists; a folder is removed
+        only once it is empty, so a file someone put there stays."""
+        for name in OWN_FILES:
             p = self.path / name
-            if p.is_symlink():  # the link goes, never what it points to
+            if p.is_symlink() or p.is_file():  # a link goes, never what it points to
                 p.unlink()
-            elif p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        if self.checkpoints.is_symlink():
+            self.checkpoints.unlink()
+        elif self.checkpoints.is_dir():
+            for p in self.checkpoints.iterdir():
+                if STEP_DIR.match(p.name) and p.is_dir() and not p.is_symlink():
+                    _remove_written(p, legacy=())
+                elif p.name.startswith(TMP_PREFIX):
+                    _remove_path(p)
+            _remove_if_empty(self.checkpoints)
+        if self.final.is_symlink():
+            self.final.unlink()
+        elif self.final.is_dir():
+            _remove_written(self.final, legacy=LEGACY_ARTIFACT_FILES)
 
     def drop_records_after(self, step: int) -> None:
         """Keep only the log records of steps up to `step` (resuming from that step's
@@ -170,18 +229,48 @@ class RunFolder:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file", hint="pass a folder path")
         self._refuse_inputs_inside(model_path, data_path)
+        is_run = self.holds_run()
+        if is_run and (resume or overwrite):
+            foreign = self.foreign_file()
+            if foreign is not None:
+                where = ("final/" if foreign.is_relative_to(self.final)
+                         else "its checkpoint folders")
+                raise UserError(f"{foreign} is not a file lmtune wrote, and the run replaces "
+                                f"{where} whole",
+                                hint="move it out of the run folder, then run the same "
+                                     "command again")
         if resume:
-            if not self.holds_run() or not self.config_file.is_file():
+            if not is_run or not self.config_file.is_file():
                 raise UserError(f"--resume: {out} holds no run to resume",
                                 hint="drop --resume to start a new run there")
             return
-        if self.holds_run() and not overwrite:
+        if is_run and not overwrite:
             raise UserError(f"{out} already holds a run",
                             hint="pass --resume to continue it, --overwrite to replace it, or "
                                  "another --out")
-        if out.is_dir() and any(out.iterdir()) and not self.holds_run():
-            raise UserError(f"{out} is not empty and holds no run",
+        if not is_run and not self._is_empty():
+            also = " (--overwrite replaces only a run that lmtune made)" if overwrite else ""
+            raise UserError(f"{out} is not empty and holds no run{also}",
                             hint="pass an empty or new folder as --out")
+
+    def foreign_file(self) -> Path | None:
+        """A file someone else put in a folder lmtune replaces whole (final/, a checkpoint):
+        writing the run would delete it, so the run refuses first."""
+        folders = [self.final] if self.final.is_dir() and not self.final.is_symlink() else []
+        if self.checkpoints.is_dir():
+            folders += [p for p in self.checkpoints.iterdir()
+                        if STEP_DIR.match(p.name) and p.is_dir() and not p.is_symlink()]
+        for folder in folders:
+            written = set(_written(folder, LEGACY_ARTIFACT_FILES if folder == self.final
+                                   else ()))
+            for p in sorted(folder.rglob("*")):
+                if not p.is_dir() and p.relative_to(folder).as_posix() not in written:
+                    return p
+        return None
+
+    def _is_empty(self) -> bool:
+        """Nothing in the folder but what a failed start of lmtune may leave (its lock)."""
+        return not self.path.is_dir() or all(p.name == LOCK for p in self.path.iterdir())
 
     def _refuse_inputs_inside(self, model_path: str | None, data_path: str | None) -> None:
         out, target = self.path, self.path.resolve()
@@ -208,31 +297,87 @@ def _refuse_symlink_out(path: Path, within: Path, what: str, hint: str) -> None:
                         hint=hint.format(real=real))
 
 
+def _read_records(path: Path) -> list[tuple[dict, bytes]]:
+    """(record, its line) of a JSONL log, skipping lines that are not whole JSON objects:
+    a line torn by a crash or a full disk, even mid-character."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            out.append((record, line + b"\n"))
+    return out
+
+
 def _drop_records_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = b"".join(line for record, line in _read_records(path)
+                    if isinstance(record.get("step", 0), int) and record.get("step", 0) <= step)
+    if kept != path.read_bytes():
+        write_text(path, kept.decode("utf-8"))
 
-    def keep(line: str) -> bool:
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove `folder` and its empty subfolders; a folder that holds anything stays."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: len(p.parts), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _written(folder: Path, legacy: tuple[str, ...]) -> list[str]:
+    """The files lmtune wrote into `folder` (paths relative to it): those its manifest lists,
+    or (a folder written before manifests) the `legacy` names."""
+    if (folder / MANIFEST).is_file():
         try:
-            return json.loads(line).get("step", 0) <= step
-        except json.JSONDecodeError:
-            return False
+            return list(read_manifest(folder, "folder", "")) + [MANIFEST]
+        except UserError:  # a damaged manifest names nothing safely
+            return []
+    return [p.name for p in folder.iterdir() if p.name in legacy
+            or (p.name.startswith("model-") and p.suffix == ".safetensors")]
 
-    kept = [line for line in lines if line.strip() and keep(line)]
-    if len(kept) != len(lines):
-        write_text(path, "".join(kept))
+
+def _remove_written(folder: Path, legacy: tuple[str, ...]) -> None:
+    """The files lmtune wrote into `folder`, then the folder, if nothing else is left."""
+    for name in _written(folder, legacy):
+        p = folder / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    if folder.is_dir():
+        _remove_if_empty(folder)
 
 
 class RunLock:
     """An exclusive lock on the run folder: a second `lmtune train` on it refuses."""
 
     def __init__(self, out: Path):
-        self.path = Path(out) / ".lock"
+        self.path = Path(out) / LOCK
         self.fd: int | None = None
 
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        existed = self.path.exists()
+        try:
+            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:
+            raise self._cannot(e) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -240,26 +385,52 @@ class RunLock:
             self.fd = None
             raise UserError(f"another lmtune process is training in {self.path.parent}",
                             hint="wait for it to finish or use another --out")
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+        except OSError as e:  # a full disk: leave nothing behind that blocks the folder
+            self.__exit__()
+            if not existed:
+                self.path.unlink(missing_ok=True)
+            raise self._cannot(e) from None
         return self
+
+    def _cannot(self, e: OSError) -> UserError:
+        full = " (disk full)" if is_disk_full(e) else ""
+        return UserError(f"cannot write {self.path}: {e.strerror or e}{full}",
+                         hint="free disk space, then run the same command again" if full
+                         else "check that the folder is writable")
 
     def __exit__(self, *exc):
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            self.fd = None
             self.path.unlink(missing_ok=True)
 
 
 class JsonlWriter:
-    """Appends one JSON record per line (metrics.jsonl, samples.jsonl)."""
+    """Appends one JSON record per line (metrics.jsonl, samples.jsonl). A write that fails
+    (a full disk) is undone to the last whole line, so every reader, and --resume, finds
+    whole lines only; the error names the file."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                os.ftruncate(fd, size)  # shrinking a file needs no free space
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+        finally:
+            os.close(fd)
 
 
 class NoWriter:

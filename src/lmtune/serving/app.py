@@ -24,10 +24,17 @@ log = logging.getLogger("lmtune.serving")
 OPEN_PATHS = ("/health",)  # answered without an API key: load balancers poll it
 
 
+def _encodable(text: str | None) -> str | None:
+    """A message may quote the request (a model name, a field); whatever it holds, the answer
+    must encode as UTF-8, or the server fails while answering and drops the connection."""
+    return None if text is None else str(text).encode("utf-8", "replace").decode("utf-8")
+
+
 def error_response(status: int, message: str, type: str = "invalid_request_error",
                    param: str | None = None, code: str | None = None,
                    headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    body = {"error": {"message": _encodable(message), "type": type, "param": _encodable(param),
+                      "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -1,17 +1,13 @@
-"""Chat messages -> prompt tokens, through the model's own chat template.
-
-A chat template is Jinja code that comes with the model, so from whoever published it. It is
-rendered by transformers' `apply_chat_template`, which compiles it in Jinja's
-`ImmutableSandboxedEnvironment` (no attribute access to Python internals, no mutation of
-the arguments) and further refuses underscore names on namespaces and dict subclasses: the
-renderer the template authors test against, and a stricter one than a second copy here would
-be. Anything a template raises (a SecurityError, its own `raise_exception`, an undefined
-variable) is a clean 400 naming the model, never a 500.
+"""Chat messages -> prompt tokens, through the model's own chat template, rendered by
+models/chat.py in a child process under a time, output and memory limit (a template is code
+from whoever published the model). Whatever the template does wrong is a 400 naming the
+model, never a 500 or a server that cannot stop.
 """
 
 from __future__ import annotations
 
 from lmtune.errors import UserError
+from lmtune.models.chat import render_chat
 
 
 def message_text(content) -> str:
@@ -29,19 +25,12 @@ def message_text(content) -> str:
     return "".join(texts)
 
 
-def encode_chat(served, messages) -> list[int]:
+def encode_chat(served, messages, renderer) -> list[int]:
     tokenizer = served.tokenizer
     conversation = [{"role": m.role, "content": message_text(m.content)} for m in messages]
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"model {served.name!r} has no chat template, so it cannot take "
                         f"messages", hint="use /v1/completions with a plain prompt")
-    try:
-        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                             tokenize=False)
-    except Exception as e:  # the template is the model's code: whatever it raises is a 400
-        raise UserError(f"the chat template of model {served.name!r} failed on these "
-                        f"messages: {type(e).__name__}: {e}")
-    if not isinstance(text, str):
-        raise UserError(f"the chat template of model {served.name!r} did not render text")
+    text = render_chat(tokenizer, conversation, renderer, who=f"model {served.name!r}")
     # The template writes any start token itself, so no special tokens are added here.
     return tokenizer(text, add_special_tokens=False)["input_ids"]

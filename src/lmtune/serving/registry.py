@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
-from lmtune.models.load import context_length, load_base, load_tokenizer
+from lmtune.models.load import attach_adapter, context_length, load_base, load_tokenizer
 from lmtune.models.resolve import Resolved, is_classifier, resolve
 
 BASE_ROWS = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
@@ -110,18 +110,14 @@ def load(planned: dict[str, Resolved], *, device: str, dtype,
 
 def _load_group(key: str, members: list[Served], *, device: str, dtype,
                 trust_remote_code: bool, allow_pickle: bool) -> None:
-    from peft import PeftModel
-
     model = load_base(members[0].resolved, dtype=dtype, trust_remote_code=trust_remote_code,
                       allow_pickle=allow_pickle)
     adapters = [s for s in members if s.resolved.adapter is not None]
     for i, s in enumerate(adapters):
         # PEFT adapter names become module keys, which may not contain dots: number them.
         s.adapter = f"adapter{i}"
-        if i == 0:
-            model = PeftModel.from_pretrained(model, s.resolved.adapter, adapter_name=s.adapter)
-        else:
-            model.load_adapter(s.resolved.adapter, adapter_name=s.adapter)
+        model = attach_adapter(model, s.resolved.adapter, allow_pickle=allow_pickle,
+                               adapter_name=s.adapter)
     model.to(device).eval()
     group = Group(key, model, is_peft=bool(adapters), names=[s.name for s in members])
     vocab = model.get_input_embeddings().num_embeddings

@@ -58,7 +58,8 @@ def add_routes(app, state: ServerState) -> None:
         _check_options(state, body, max_tokens)
         slot = state.admit()
         try:
-            prompt = await run_in_threadpool(encode_chat, served, body.messages)
+            prompt = await run_in_threadpool(encode_chat, served, body.messages,
+                                             state.renderer)
             sampling = _sampling(state, served, body, [prompt], max_tokens, "messages")
             job = Job(served, [prompt], body.n, sampling, asyncio.get_running_loop())
         except BaseException:

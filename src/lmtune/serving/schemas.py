@@ -9,7 +9,8 @@ gets a silently different result.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+import re
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,9 +21,34 @@ MAX_MESSAGES = 256
 SEED_RANGE = (-(2**63), 2**64 - 1)   # what torch.Generator.manual_seed accepts
 
 
+# JSON may spell a lone UTF-16 surrogate ("\ud800"), which Python keeps in a str but which is
+# no character: no tokenizer and no UTF-8 encoder takes it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError("contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is "
+                             "not a character; send valid Unicode")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _no_surrogates(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_surrogates(key)
+            _no_surrogates(item)
+    return value
+
+
 class _Body(BaseModel):
     # NaN and inf are valid JSON to Python's parser; no setting here accepts them.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value):
+        return _no_surrogates(value)
 
 
 class StreamOptions(_Body):

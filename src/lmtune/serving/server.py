@@ -25,6 +25,8 @@ from lmtune.serving.state import ServerState
 
 log = logging.getLogger("lmtune.serving")
 API_KEY_ENV = "LMTUNE_API_KEY"
+HEADER_SECONDS = 10.0      # for a request's headers to arrive whole
+KEEP_ALIVE_SECONDS = 5     # an idle keep-alive connection is closed after this
 
 
 def _emit_nothing(event: str, data: dict) -> None:
@@ -176,9 +178,53 @@ def build_server(prepared: Startup, on_event: Callable[[str, dict], None] = _emi
                 self.should_exit = True
 
     config = uvicorn.Config(create_app(state), log_config=None, log_level="warning",
-                            access_log=False, lifespan="off",
+                            access_log=False, lifespan="off", http=_header_timeout_protocol(),
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             timeout_graceful_shutdown=max(1, int(cfg.drain_timeout)))
     return Server(config)
+
+
+def _header_timeout_protocol():
+    """uvicorn's h11 protocol, with a limit on how long a request's headers may take: uvicorn
+    times only idle keep-alive connections, so clients that send half a header and wait (a
+    slowloris) would each hold a connection for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete
+            cycle = self.cycle
+            super().data_received(data)
+            if self.cycle is not cycle:  # a request's headers are in
+                self._disarm()
+            elif waiting and self._header_timer is None:  # the next request has begun
+                self._arm()
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(HEADER_SECONDS, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if (self.cycle is None or self.cycle.response_complete) \
+                    and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 def serve(config: ServeConfig | None = None, *,
@@ -194,6 +240,7 @@ def serve(config: ServeConfig | None = None, *,
     finally:
         if prepared.state.engine is not None:
             prepared.state.engine.stop()
+        prepared.state.renderer.close()
         prepared.sock.close()
     if prepared.state.load_error is not None:
         raise prepared.state.load_error

@@ -11,6 +11,7 @@ import threading
 from typing import Callable
 
 from lmtune.config import ServeConfig
+from lmtune.models.chat import IsolatedRenderer
 
 RETRY_AFTER_S = 1  # a 135M model answers a short request in well under a second per batch
 
@@ -35,6 +36,7 @@ class ServerState:
         self.engine = None
         self.load_error: BaseException | None = None
         self.in_flight = 0
+        self.renderer = IsolatedRenderer()  # chat templates, in a child process under limits
         self._on_drained: Callable[[], None] | None = None
         self._lock = threading.Lock()
 

@@ -12,6 +12,7 @@ from lmtune import distributed
 from lmtune.config import TrainConfig, flag
 from lmtune.data.cache import CachedCorpus, prepare
 from lmtune.data.corpus import make_dataset, token_splits
+from lmtune.data.tokenize import special_text_warning
 from lmtune.models.forward import loss_sum
 from lmtune.models.load import load_base, load_tokenizer
 from lmtune.models.resolve import refuse_classifier, resolve
@@ -49,7 +50,8 @@ class LanguageModeling:
                         summary={"train_examples": len(train_docs),
                                  "val_examples": len(val_docs) if val_docs else 0,
                                  "train_tokens": train_docs.n_tokens, "stats": splits.stats},
-                        messages=_long_examples(train_docs, plan.block_size, cfg.pack))
+                        messages=_long_examples(train_docs, plan.block_size, cfg.pack)
+                        + _data_notes(splits.stats))
 
     def load_model(self, resolved, cfg: TrainConfig, tokenizer):
         refuse_classifier(resolved)
@@ -68,6 +70,18 @@ class LanguageModeling:
 
     def info(self) -> dict:
         return {"task": self.name}
+
+
+def _data_notes(stats: dict) -> list[str]:
+    """What reading the data changed or found that the user should know."""
+    notes = []
+    if stats.get("crlf"):
+        notes.append("note: the data has Windows line ends (\\r\\n); they were read as \\n, "
+                     "so --split-on splits at them")
+    warning = special_text_warning(stats)
+    if warning:
+        notes.append(f"warning: {warning}")
+    return notes
 
 
 def _long_examples(docs, block_size: int, pack: bool) -> list[str]:

@@ -44,6 +44,13 @@ class LoopState:
     skipped_steps: int = 0           # updates skipped for a non-finite gradient
     data_hash: str = ""
     world_size: int = 1
+    total_steps: int | None = None   # what the schedule spanned (None: an older checkpoint)
+    # The steps since the last metrics record, so a run resumed between two log steps logs
+    # the same loss as a run never stopped (the loss summed over every rank).
+    window_loss: float = 0.0
+    window_targets: int = 0
+    window_tokens: int = 0
+    window_seconds: float = 0.0
 
     @classmethod
     def from_saved(cls, saved: dict, **updates) -> "LoopState":
@@ -57,14 +64,20 @@ class LoopState:
 def initial_state(setup: Setup) -> LoopState:
     """A new run's state, or the checkpoint's on --resume, with the optimizer, the schedule
     and (later, in fit) the random state put back where they were."""
-    state = LoopState(data_hash=setup.data.data_hash, world_size=setup.world.size)
+    state = LoopState(data_hash=setup.data.data_hash, world_size=setup.world.size,
+                      total_steps=setup.plan.total_steps)
     if setup.start is None:
         return state
     # The data hash is the current one: new if --force-resume accepted other data.
     state = LoopState.from_saved(checkpoint.read_state(setup.start),
                                  data_hash=setup.data.data_hash)
-    setup.world.load_optimizer(checkpoint.read_optimizer(setup.start), setup.model,
-                               setup.optimizer)
+    try:
+        setup.world.load_optimizer(checkpoint.read_optimizer(setup.start), setup.model,
+                                   setup.optimizer)
+    except (ValueError, KeyError, RuntimeError) as e:  # --force-resume onto another model
+        raise UserError(f"the optimizer state of {setup.start} does not fit this run "
+                        f"({str(e).splitlines()[0][:200]})",
+                        hint="resume with the run's own settings") from None
     import warnings
     with warnings.catch_warnings():  # torch warns when stepping before optimizer.step()
         warnings.simplefilter("ignore")
@@ -103,11 +116,19 @@ class Intervals:
 class Window:
     """The steps since the last metrics record: their loss, tokens and time."""
 
-    def __init__(self, device):
-        self.loss = torch.zeros((), device=device)  # this rank's summed token loss
-        self.targets = self.tokens = 0
-        self.t0 = time.perf_counter()
+    def __init__(self, device, state: LoopState, is_main: bool):
+        # this rank's summed token loss; a resumed run's partial window (every rank's, summed)
+        # goes to rank 0, whose sum the record then all-reduces as usual
+        self.loss = torch.tensor(state.window_loss if is_main else 0.0, device=device)
+        self.targets, self.tokens = state.window_targets, state.window_tokens
+        self.t0 = time.perf_counter() - state.window_seconds
         self.mean_loss: float | None = None  # of the last record, unrounded
+
+    def save_into(self, state: LoopState, world) -> None:
+        """The partial window into the state a checkpoint saves (a collective)."""
+        state.window_loss = world.sum(self.loss.clone()).item()
+        state.window_targets, state.window_tokens = self.targets, self.tokens
+        state.window_seconds = time.perf_counter() - self.t0
 
     def add(self, result: StepResult) -> None:
         self.loss += result.loss
@@ -173,7 +194,7 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     if setup.start is not None:  # after model set-up, which draws LoRA init from the RNG
         world.restore_rng(checkpoint.read_rng(setup.start))
     setup.model.train()
-    window = Window(setup.accelerator.device)
+    window = Window(setup.accelerator.device, state, world.is_main)
     last_eval, stopped, bad_in_row = None, "completed", 0
     emit("progress", {"step": state.step, "total": plan.total_steps})
     for micro in step_batches(setup, state.step):
@@ -198,6 +219,7 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
         if intervals.sample(state.step):
             _sample(setup, state.step, logs, copies)
         if stop.signum or intervals.save(state.step) or intervals.out_of_patience(state):
+            window.save_into(state, world)
             _save(setup, state, run, info, emit)
         window.t0 += time.perf_counter() - side_t0
         if stop.signum:

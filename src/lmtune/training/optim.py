@@ -28,21 +28,33 @@ def adamw(model, cfg, device: str):
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
 
 
-def lr_schedule(optimizer, cfg, total_steps: int):
-    """Linear warmup, then cosine, linear or constant. The factor for step i + 1 (i steps
-    done) ramps as (i + 1) / (warmup + 1), as in nanoGPT: the transformers schedulers start at
-    0, which wasted the first step and left a one-step run's weights untouched."""
+def lr_factor(i: int, cfg, total_steps: int) -> float:
+    """The learning rate of step i + 1 (i steps done), as a share of the peak: linear warmup,
+    then cosine, linear or constant. The warmup ramps as (i + 1) / (warmup + 1), as in nanoGPT:
+    the transformers schedulers start at 0, which wasted the first step and left a one-step
+    run's weights untouched. A pure function of the step: resuming replays it."""
     warmup, kind = cfg.warmup_steps, cfg.lr_schedule
+    if i < warmup:
+        return (i + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
 
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (i - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def lr_schedule(optimizer, cfg, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, cfg, total_steps))
+
+
+def schedule_change(cfg, step: int, old_total: int, new_total: int) -> str | None:
+    """What resuming at `step` with a new length does to a decaying schedule, in words: the
+    schedule spans the run's planned steps, so more of them raise the rate from here on."""
+    if old_total == new_total or cfg.lr_schedule == "constant" or step <= cfg.warmup_steps:
+        return None
+    was, now = (cfg.lr * lr_factor(step, cfg, n) for n in (old_total, new_total))
+    return (f"the {cfg.lr_schedule} learning-rate schedule now spans {new_total} steps instead "
+            f"of {old_total}: the rate at step {step + 1} is {now:.3g} where the run had "
+            f"reached {was:.3g} (see 'Resuming and extending a run' in docs/RELIABILITY.md)")
 
 
 def clip_gradients(accelerator, params, max_norm: float, sharded: bool = False) -> float:

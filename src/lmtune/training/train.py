@@ -13,19 +13,20 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from lmtune import config as config_mod, distributed
+from lmtune import distributed
 from lmtune.atomic import is_disk_full
 from lmtune.config import TrainConfig, check_train, refuse
 from lmtune.errors import UserError
-from lmtune.run.folder import RunFolder, default_out
+from lmtune.run.folder import RunFolder, default_out, train_config
 from lmtune.run.resume import final_is_current
 from lmtune.tasks import task_for
 from lmtune.training.dryrun import DryRunResult, dry_run
 from lmtune.training.loop import LoopState, fit, initial_state
+from lmtune.training.optim import schedule_change
 from lmtune.training.result import TrainResult
 from lmtune.training.setup import Setup, build, parameter_counts
 
@@ -41,7 +42,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     (`train("jokes.txt", method="lora", epochs=2)`), optionally over a YAML `config_file`.
     With `dry_run=True` it returns a DryRunResult and writes nothing."""
     emit = on_event or _emit_nothing
-    cfg = config if config is not None else config_mod.build_train(overrides, config_file)
+    cfg = config if config is not None else train_config(overrides, config_file)
     task = task_for(cfg)
     refuse(check_train(cfg) + task.check(cfg))
     world = distributed.start(cfg)
@@ -57,46 +58,56 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         return relaunch(dataclasses.replace(cfg, out=str(run.path)))
     if not world.is_main:
         emit = _emit_nothing  # one progress bar and one set of messages: rank 0's
-    setup = build(cfg, task, world, run)
-    state = initial_state(setup)
-    # A run whose steps are done but whose final/ save failed (a full disk, a kill) resumes
-    # into no steps at all: final/ and the report are written from the last checkpoint.
-    if state.step >= setup.plan.total_steps and final_is_current(run.path, setup.start):
-        raise UserError(f"{run.path} already trained {state.step} steps",
-                        hint="raise --max-steps or --epochs to train further")
-    _announce(setup, state, emit)
-    with setup.fast as fast:
-        if setup.cfg.dry_run:  # the plan above, a data report and a few timed steps
-            return dry_run(setup)
-        return _run(setup, state, run, emit, fast)
+    lock = run.lock()
+    with ExitStack() as held:
+        # Rank 0 holds the folder from before its checkpoints are read: a second trainer is
+        # told so, rather than finding a checkpoint half pruned by the first.
+        if world.is_main and not cfg.dry_run and run.path.is_dir():
+            held.enter_context(lock)
+        setup = build(cfg, task, world, run)
+        state = initial_state(setup)
+        # A run whose steps are done but whose final/ save failed (a full disk, a kill)
+        # resumes into no steps: final/ and the report are written from the last checkpoint.
+        if state.step >= setup.plan.total_steps and final_is_current(run.path, setup.start):
+            raise UserError(f"{run.path} already trained {state.step} steps",
+                            hint="raise --max-steps or --epochs to train further")
+        _announce(setup, state, emit)
+        state.total_steps = setup.plan.total_steps
+        with setup.fast as fast:
+            if setup.cfg.dry_run:  # the plan above, a data report and a few timed steps
+                return dry_run(setup)
+            return _run(setup, state, run, emit, fast, lock, held)
 
 
-def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast) -> TrainResult:
+def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock,
+         held: ExitStack) -> TrainResult:
     """The run folder, created only now that every input has been checked; rank 0 alone
     writes it, under its lock."""
     world, cfg = setup.world, setup.cfg
-    run.path.mkdir(parents=True, exist_ok=True)
-    with run.lock() if world.is_main else nullcontext():
+    stop = StopFlag()
+    try:
         if world.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            if not lock.held:  # a new folder: locked as soon as it exists
+                held.enter_context(lock)
             if cfg.overwrite and not cfg.resume:
                 run.clear()
             run.clean_partial()
+            run.mark()
             if setup.start is not None:
                 # After a crash the logs run past the checkpoint; those steps run again.
                 run.drop_records_after(state.step)
             run.write_config(cfg)
-        stop = StopFlag()
         stop.install()
-        try:
-            return fit(setup, state, run, emit, stop, fast)
-        except OSError as e:
-            if not is_disk_full(e):
-                raise
-            raise UserError(f"disk full while writing {e.filename or run.path}: {e.strerror}",
-                            hint=f"free disk space, then resume with: "
-                                 f"{distributed.resume_command(run.path)}") from None
-        finally:
-            stop.restore()
+        return fit(setup, state, run, emit, stop, fast)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise UserError(f"disk full while writing {e.filename or run.path}: {e.strerror}",
+                        hint=f"free disk space, then resume with: "
+                             f"{distributed.resume_command(run.path)}") from None
+    finally:
+        stop.restore()
 
 
 def _announce(setup: Setup, state: LoopState, emit) -> None:
@@ -116,6 +127,10 @@ def _announce(setup: Setup, state: LoopState, emit) -> None:
         emit("message", {"text": text})
     for change in setup.changes:
         emit("message", {"text": f"--force-resume: {change}"})
+    if setup.start is not None and state.total_steps is not None:
+        change = schedule_change(cfg, state.step, state.total_steps, plan.total_steps)
+        if change:
+            emit("message", {"text": f"note: {change}"})
 
 
 class StopFlag:

@@ -77,7 +77,7 @@ def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool =
     from transformers import AutoModelForSequenceClassification
 
     from lmtune.device import pick_device
-    from lmtune.models.load import load_base, load_tokenizer
+    from lmtune.models.load import attach_adapter, load_base, load_tokenizer
     from lmtune.models.resolve import is_classifier, resolve
 
     resolved = resolve(run)
@@ -93,8 +93,7 @@ def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool =
                           auto_class=AutoModelForSequenceClassification,
                           **head_config(resolved.info["labels"], tokenizer.pad_token_id))
         if resolved.adapter is not None:
-            from peft import PeftModel
-            model = PeftModel.from_pretrained(model, resolved.adapter)
+            model = attach_adapter(model, resolved.adapter, allow_pickle=allow_pickle)
     return Classifier(model.eval().to(dev), tokenizer, resolved.info, dev)
 
 
