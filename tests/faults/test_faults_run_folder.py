@@ -180,3 +180,23 @@ def test_a_config_yaml_cut_short_is_called_damaged_not_a_changed_setting(tiny_gp
     assert main(["train", "--resume", "--out", str(out), "--max-steps", "2"]) == 2
     err = capsys.readouterr().err
     assert "incomplete" in err and "changed from None" not in err
+
+
+def test_safetensors_running_out_of_disk_at_the_first_checkpoint_says_start_again(
+        tiny_gpt2, lines_file, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    from lmtune.run import checkpoint
+
+    def full(*args, **kwargs):  # the message safetensors gives on a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    assert main(_train_argv(tiny_gpt2, lines_file, out, "--max-steps", "2")) == 2
+    err = capsys.readouterr().err
+    assert "disk full" in err and "Traceback" not in err
+    assert "start the run again with --overwrite" in err
+    monkeypatch.undo()
+    assert main(_train_argv(tiny_gpt2, lines_file, out, "--max-steps", "2", "--overwrite")) == 0

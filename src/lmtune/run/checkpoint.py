@@ -100,9 +100,12 @@ def save(ckpt_root: Path, step: int, *, save_model: Callable[[Path], None], opti
         _kill_point("renamed", step)
     except OSError as e:
         full = " (disk full)" if is_disk_full(e) else ""
+        earlier = complete_steps(ckpt_root)
         raise UserError(f"could not write checkpoint {final}: {e.strerror or e}{full}",
-                        hint="free disk space, then resume with --resume; earlier checkpoints "
-                             "were left as they were")
+                        hint=f"free disk space, then resume with --resume (from step "
+                             f"{earlier[-1]}; earlier checkpoints were left as they were)"
+                        if earlier else "free disk space, then start the run again with "
+                                        "--overwrite (no checkpoint was complete yet)")
     prune(ckpt_root, keep=keep, best_step=best_step)
     return final
 

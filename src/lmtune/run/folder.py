@@ -107,8 +107,8 @@ class RunFolder:
         mark) a config.yaml lmtune wrote beside a log, a checkpoint or a final model."""
         if not self.path.is_dir():
             return False
-        if (self.path / MARKER).is_file():
-            return True
+        if (self.path / MARKER).is_file():  # a mark alone (a start that failed) is no run
+            return any((self.path / name).exists() for name in RUN_OUTPUTS)
         if not self.config_file.is_file():
             return False
         try:
@@ -269,8 +269,18 @@ class RunFolder:
         return None
 
     def _is_empty(self) -> bool:
-        """Nothing in the folder but what a failed start of lmtune may leave (its lock)."""
-        return not self.path.is_dir() or all(p.name == LOCK for p in self.path.iterdir())
+        """Nothing in the folder but what a failed start of lmtune may leave (its lock and
+        its mark)."""
+        return not self.path.is_dir() or all(p.name in (LOCK, MARKER)
+                                             for p in self.path.iterdir())
+
+    def disk_full_hint(self, resume_command: str) -> str:
+        """What to do after a full disk stopped the run: resume if a checkpoint is complete,
+        else start again."""
+        if complete_steps(self.checkpoints):
+            return f"free disk space, then resume with: {resume_command}"
+        return ("free disk space, then run the same command again with --overwrite (no "
+                "checkpoint was complete yet)")
 
     def _refuse_inputs_inside(self, model_path: str | None, data_path: str | None) -> None:
         out, target = self.path, self.path.resolve()

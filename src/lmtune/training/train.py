@@ -104,8 +104,7 @@ def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock,
         if not is_disk_full(e):
             raise
         raise UserError(f"disk full while writing {e.filename or run.path}: {e.strerror}",
-                        hint=f"free disk space, then resume with: "
-                             f"{distributed.resume_command(run.path)}") from None
+                        hint=run.disk_full_hint(distributed.resume_command(run.path))) from None
     finally:
         stop.restore()
 
