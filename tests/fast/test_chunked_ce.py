@@ -3,25 +3,13 @@ plain full-logits path, for tied (GPT-2) and untied (Llama) heads, full and LoRA
 
 import pytest
 import torch
+from loss_helpers import grads as _grads, packed_batch as _batch
 
-from lmtune.data import Example, PackedDataset, tokenize_examples
 from lmtune.fast import chunked_ce
 from lmtune.models.forward import loss_sum
-from lmtune.models.load import load_base, load_tokenizer
+from lmtune.models.load import load_base
 from lmtune.models.resolve import Resolved
 from lmtune.training.methods import apply_lora
-
-
-def _batch(folder):
-    tok = load_tokenizer(Resolved(str(folder), str(folder)))
-    docs = tokenize_examples([Example("", t) for t in (
-        "the cat sat on the mat", "a dog ran in the park while birds sang",
-        "question answer two plus four")] * 3, tok)
-    return next(PackedDataset(docs, 32, shuffle=False).batches(0, 4))
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
