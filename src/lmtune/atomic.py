@@ -56,15 +56,8 @@ def write_text(path: Path, text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: Path, obj: Any, *, durable: bool = False) -> Path:
-    """`durable`: fsync before the rename, for files a resume depends on."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-    return write_file(path, write)
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def remove_folder(folder: Path) -> None:
@@ -111,12 +104,17 @@ def new_folder(target: Path, *, exists: str = "replace") -> Iterator[Path]:
         raise
 
 
-def sweep(folder: Path) -> None:
-    """Remove what a crash left in `folder`: its temporary files and folders."""
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+def sweep(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Remove what a crash left in `folder`: its temporary files and folders, or with `names`
+    only those of these names (as write_file, new_folder and remove_folder name them)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        rest = p.name[len(TMP_PREFIX):]
+        if not p.name.startswith(TMP_PREFIX) or (names is not None and not any(
+                rest in (n, f"old-{n}") or rest.startswith(f"{n}-") for n in names)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

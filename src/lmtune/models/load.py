@@ -78,13 +78,12 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
     num_labels, id2label, label2id and pad_token_id as `config_overrides`). Weights come from
     safetensors unless `allow_pickle` (see trust.py)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     auto_class = auto_class or AutoModelForCausalLM
     refuse_remote_code(Path(resolved.path), resolved.spec, trust_remote_code)
     check_folder(Path(resolved.path), resolved.spec, allow_pickle)
-    with reading("model config", resolved.path):
-        config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    config = peek_config(resolved, trust_remote_code)
     if getattr(config, "auto_map", None) and not trust_remote_code:
         raise UserError(f"model {resolved.spec} asks to run code from its repository",
                         hint="pass --trust-remote-code if you trust its author")

@@ -21,12 +21,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.atomic import TMP_PREFIX, is_disk_full, write_json, write_text
+from lmtune.atomic import is_disk_full, sweep, write_json, write_text
 from lmtune.config import (RESOLVED_AT_START, TrainConfig, build, read_saved, saved_form,
                            to_yaml)
 from lmtune.errors import UserError
@@ -159,16 +158,10 @@ class RunFolder:
 
     def clean_partial(self) -> None:
         """Remove what a crash during a save left behind: lmtune's temporary folders among
-        the checkpoints, and the temporary copies of the run's own files."""
-        for folder, names in ((self.checkpoints, None), (self.path, RUN_OUTPUTS + (MARKER,))):
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                rest = p.name[len(TMP_PREFIX):]
-                if p.name.startswith(TMP_PREFIX) and (names is None or any(
-                        rest == n or rest.startswith(f"{n}-") or rest == f"old-{n}"
-                        for n in names)):
-                    _remove_path(p)
+        the checkpoints, and the temporary copies of the run's own files (and nothing else
+        that happens to start with the same prefix)."""
+        sweep(self.checkpoints)
+        sweep(self.path, names=RUN_OUTPUTS + (MARKER,))
 
     def clear(self) -> None:
         """--overwrite: remove what the run wrote, nothing else. Folders lmtune writes whole
@@ -184,8 +177,7 @@ class RunFolder:
             for p in self.checkpoints.iterdir():
                 if STEP_DIR.match(p.name) and p.is_dir() and not p.is_symlink():
                     _remove_written(p, legacy=())
-                elif p.name.startswith(TMP_PREFIX):
-                    _remove_path(p)
+            sweep(self.checkpoints)
             _remove_if_empty(self.checkpoints)
         if self.final.is_symlink():
             self.final.unlink()
@@ -198,8 +190,8 @@ class RunFolder:
         for path in (self.metrics_file, self.samples_file):
             _drop_records_after(path, step)
 
-    def lock(self) -> "RunLock":
-        return RunLock(self.path)
+    def lock(self, now: bool = True) -> "RunLock":
+        return RunLock(self.path, now=now)
 
     # --- before anything is written
 
@@ -332,13 +324,6 @@ def _drop_records_after(path: Path, step: int) -> None:
         write_text(path, kept.decode("utf-8"))
 
 
-def _remove_path(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
-
-
 def _remove_if_empty(folder: Path) -> None:
     """Remove `folder` and its empty subfolders; a folder that holds anything stays."""
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
@@ -372,18 +357,23 @@ def _remove_written(folder: Path, legacy: tuple[str, ...]) -> None:
 
 
 class RunLock:
-    """An exclusive lock on the run folder: a second `lmtune train` on it refuses."""
+    """An exclusive lock on the run folder: a second `lmtune train` on it refuses. As a
+    context it locks on entering (when `now` and the folder exists) or at `acquire()`, and
+    unlocks on leaving."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, now: bool = True):
         self.path = Path(out) / LOCK
+        self.now = now
         self.fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
     def __enter__(self):
-        existed = self.path.exists()
+        if self.now and self.path.parent.is_dir():
+            self.acquire()
+        return self
+
+    def acquire(self) -> None:
+        if self.fd is not None:
+            return
         try:
             self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as e:
@@ -400,10 +390,7 @@ class RunLock:
             os.write(self.fd, str(os.getpid()).encode())
         except OSError as e:  # a full disk: leave nothing behind that blocks the folder
             self.__exit__()
-            if not existed:
-                self.path.unlink(missing_ok=True)
             raise self._cannot(e) from None
-        return self
 
     def _cannot(self, e: OSError) -> UserError:
         full = " (disk full)" if is_disk_full(e) else ""

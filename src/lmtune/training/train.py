@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -58,12 +57,9 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         return relaunch(dataclasses.replace(cfg, out=str(run.path)))
     if not world.is_main:
         emit = _emit_nothing  # one progress bar and one set of messages: rank 0's
-    lock = run.lock()
-    with ExitStack() as held:
-        # Rank 0 holds the folder from before its checkpoints are read: a second trainer is
-        # told so, rather than finding a checkpoint half pruned by the first.
-        if world.is_main and not cfg.dry_run and run.path.is_dir():
-            held.enter_context(lock)
+    # Rank 0 holds an existing folder from before its checkpoints are read: a second trainer
+    # is told so, rather than finding a checkpoint half pruned by the first.
+    with run.lock(now=world.is_main and not cfg.dry_run) as lock:
         setup = build(cfg, task, world, run)
         state = initial_state(setup)
         # A run whose steps are done but whose final/ save failed (a full disk, a kill)
@@ -76,11 +72,10 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         with setup.fast as fast:
             if setup.cfg.dry_run:  # the plan above, a data report and a few timed steps
                 return dry_run(setup)
-            return _run(setup, state, run, emit, fast, lock, held)
+            return _run(setup, state, run, emit, fast, lock)
 
 
-def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock,
-         held: ExitStack) -> TrainResult:
+def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock) -> TrainResult:
     """The run folder, created only now that every input has been checked; rank 0 alone
     writes it, under its lock."""
     world, cfg = setup.world, setup.cfg
@@ -88,8 +83,7 @@ def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock,
     try:
         if world.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
-            if not lock.held:  # a new folder: locked as soon as it exists
-                held.enter_context(lock)
+            lock.acquire()  # a new folder: locked as soon as it exists
             if cfg.overwrite and not cfg.resume:
                 run.clear()
             run.clean_partial()
