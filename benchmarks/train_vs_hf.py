@@ -127,7 +127,7 @@ def run_hf(args: dict) -> dict:
         num_train_epochs=args["epochs"], learning_rate=args["lr"], lr_scheduler_type="linear",
         warmup_steps=0, weight_decay=0.0, bf16=args["bf16"],  # optim: HF's default, fused AdamW
         use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50,
-        seed=0, disable_tqdm=True, **extra)
+        seed=0, disable_tqdm=True, max_steps=args.get("max_steps", -1), **extra)
     trainer = Trainer(model=model, args=targs, train_dataset=data,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     t0 = time.perf_counter()
@@ -135,7 +135,9 @@ def run_hf(args: dict) -> dict:
     seconds = time.perf_counter() - t0
     model.save_pretrained(args["out"] + "/final")
     tok.save_pretrained(args["out"] + "/final")
-    return {"seconds": seconds, "real_tokens": real * args["epochs"],
+    steps = trainer.state.global_step  # real tokens scale with the steps taken (max_steps)
+    full = math.ceil(len(texts) / EXAMPLES_PER_STEP) * args["epochs"]
+    return {"seconds": seconds, "real_tokens": real * args["epochs"] * min(1, steps / full),
             "final": args["out"] + "/final"}
 
 

@@ -25,7 +25,7 @@ LAYERS = [
     ["tasks"],
     ["models"],
     ["run", "data", "fast"],
-    ["config", "device", "distributed", "trust", "home", "atomic", "errors", "version"],
+    ["config", "device", "cpu", "distributed", "trust", "home", "atomic", "errors", "version"],
 ]
 BOTTOM = set(LAYERS[-1])
 MAX_ROOT_MODULES = 14

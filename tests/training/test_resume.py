@@ -110,7 +110,7 @@ def test_crash_then_resume_leaves_no_duplicate_records(tiny_gpt2, lines_file, tm
     """A crash (not a clean stop) after step 13 loses steps 11-13; metrics.jsonl and
     samples.jsonl must not list them twice after resuming from step 10."""
     opts = {**fast, **COMMON, "model": str(tiny_gpt2), "method": "full", "max_steps": 20,
-            "keep": 10, "sample_every": 2}
+            "keep": 10, "sample_every": 2, "save_minutes": 0}  # a checkpoint at each evaluation
     straight = lmtune.train(lines_file, out=str(tmp_path / "straight"), **opts)
 
     def crash_at_13(event, data):

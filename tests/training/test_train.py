@@ -41,7 +41,11 @@ def test_metrics_records_are_flat_and_complete(full_run):
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
     copies = [r for r in records if "copy_rate" in r]  # one per round of samples
-    assert len(train) + len(evals) + len(copies) == len(records)
+    starts = [r for r in records if "threads" in r]  # what the process ran on
+    assert len(train) + len(evals) + len(copies) + len(starts) == len(records)
+    assert [(r["step"], r["device"], r["precision"], r["threads"]) for r in starts] == [
+        (0, "cpu", "fp32", 1)]  # conftest sets OMP_NUM_THREADS=1, and the record says so
+    assert starts[0]["threads_why"].startswith("OMP_NUM_THREADS")
     assert [r["step"] for r in copies] == [20, 40]
     assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40]
     for r in train:

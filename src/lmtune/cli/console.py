@@ -47,6 +47,8 @@ class TrainConsole:
         self.say(f"model: {d['model']} on {d['device']} in {d['precision']}; method "
                  f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
                  f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
+        if d["device"] == "cpu":
+            self.say(f"threads: {d['threads']} ({d['threads_why']})")
         per_step = d["tokens_per_step"]
         world = d.get("world_size", 1)
         procs = f" x {world} processes" if world > 1 else ""

@@ -13,7 +13,7 @@ import sys
 from lmtune import config as config_mod
 from lmtune.config import TrainConfig
 from lmtune.cli.parser import build_parser
-from lmtune.errors import UserError
+from lmtune.errors import Stopped, UserError, stop_on_signals
 
 
 def _quiet_libraries() -> None:
@@ -35,24 +35,32 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
-    _quiet_libraries()
+    stop_on_signals()
     values = {k: v for k, v in vars(args).items() if not k.startswith("_")
               and k not in ("command", "subcommand", "config")}
     module, func = args._handler.split(":")
     try:
+        _quiet_libraries()
         if args._cls is TrainConfig:  # --resume reads the run's own config first
             from lmtune.run.folder import train_config
             cfg = train_config(values, args.config)
         else:
             cfg = config_mod.build(args._cls, values, args.config)
+        if getattr(cfg, "threads", None) is not None:  # commands that run a model
+            from lmtune.device import set_threads
+            set_threads(cfg.threads)
         return getattr(importlib.import_module(module), func)(cfg) or 0
     except UserError as e:
         _print_error(e)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; no checkpoint was written for the current step",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or the first elsewhere
+        print("error: interrupted; no checkpoint was written for the current step"
+              if args._cls is TrainConfig else "error: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:
+        print(f"error: stopped by {e}; what was being written was removed, what was "
+              f"complete is kept", file=sys.stderr)
+        return e.exit_code
 
 
 def _print_error(e: UserError) -> None:

@@ -19,6 +19,10 @@ def cmd_serve(cfg: ServeConfig) -> int:
                 print(f"  {name}: {what}", file=sys.stderr)
             print(f"serving on {data['url']}/v1 ({data['device']}, {data['precision']}, "
                   f"{data['weights_loaded']} set(s) of weights in memory)", file=sys.stderr)
+            if data["device"] == "cpu":
+                print(data["threads"], file=sys.stderr)
+            if data["warning"]:
+                print(data["warning"], file=sys.stderr)
             print(f"try: curl {data['url']}/v1/completions -H 'Content-Type: application/json' "
                   f"-d '{{\"model\": \"{next(iter(data['models']))}\", \"prompt\": \"Hello\", "
                   f"\"max_tokens\": 20}}'", file=sys.stderr, flush=True)

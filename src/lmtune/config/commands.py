@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from lmtune.config.defaults import (DATA_FORMATS, DEFAULT_MODEL, DEVICES, MAX_BLOCK,
                                     PRECISIONS, TOKENS_PER_EVAL_BATCH)
-from lmtune.config.fields import ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, opt
+from lmtune.config.fields import (ALLOW_PICKLE_HELP, THREADS_HELP, TRUST_REMOTE_CODE_HELP,
+                                  opt)
 from lmtune.config.train import DataOptions
 
 
@@ -29,6 +30,7 @@ class GenerateConfig:
     chat: bool = opt(False, "Wrap each prompt in the model's chat template.")
     json: bool = opt(False, "Print one JSON object per sample instead of text.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
+    threads: int | None = opt(None, THREADS_HELP)
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
@@ -68,6 +70,7 @@ class PredictConfig:
     json: bool = opt(False, "Print one JSON object per text: text, label, probabilities.")
     batch_size: int = opt(32, "Texts per forward pass.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
+    threads: int | None = opt(None, THREADS_HELP)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
@@ -87,6 +90,7 @@ class DemoConfig:
     epochs: float = opt(3.0, "Passes over the jokes.")
     model: str | None = opt(None, "Model to fine-tune (default: the embedded "
                             "SmolLM2-135M-Instruct).")
+    threads: int | None = opt(None, THREADS_HELP)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
@@ -115,6 +119,7 @@ class ServeConfig:
     drain_timeout: float = opt(60.0, "On SIGTERM, seconds to let in-flight requests finish "
                                "before stopping anyway.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
+    threads: int | None = opt(None, THREADS_HELP)
     precision: str = opt("auto", "Numeric precision of the weights: auto picks bf16 on GPUs and "
                          "CPUs that support it, else fp32.", choices=PRECISIONS)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
@@ -142,6 +147,7 @@ class EvalConfig(DataOptions):
     label_column: str | None = opt(None, "With a classification run: the column that holds "
                                    "the label (default: the run's own).", group="data")
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
+    threads: int | None = opt(None, THREADS_HELP, group="evaluation")
     precision: str = opt("auto", "Numeric precision (auto: as training picks it).",
                          choices=PRECISIONS, group="evaluation")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
@@ -176,6 +182,7 @@ class CompareConfig(DataOptions):
                                  group="evaluation")
     json: bool = opt(False, "Print one JSON object instead of tables.", group="output")
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
+    threads: int | None = opt(None, THREADS_HELP, group="evaluation")
     precision: str = opt("auto", "Numeric precision.", choices=PRECISIONS, group="evaluation")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="models")
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP, group="models")
@@ -201,6 +208,7 @@ class ReportConfig:
     compare: bool = opt(True, "Generate before/after samples on the run's sample prompts "
                         "(loads the base model).")
     device: str = opt("auto", "Device for the before/after samples.", choices=DEVICES)
+    threads: int | None = opt(None, THREADS_HELP)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 

@@ -132,3 +132,8 @@ def build(cls: type, overrides: dict[str, Any], config_file: str | Path | None =
 
 def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+
+
+THREADS_HELP = ("CPU threads for the model's work (default: the cores this process may use: "
+                "its CPU affinity and cgroup quota, one per physical core, shared between "
+                "--devices processes; OMP_NUM_THREADS also sets it).")

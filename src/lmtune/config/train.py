@@ -12,9 +12,9 @@ from pathlib import Path
 from lmtune.config.defaults import (CLASS_WEIGHTS, CLASSIFY_MAX_LENGTH, DATA_FORMATS,
                                     DEFAULT_LR, DEFAULT_MODEL, DEVICES, EVALS_PER_RUN,
                                     FREEZE_SHARE, LLAMA_LIKE, LORA_TARGETS, MAX_BLOCK,
-                                    MAX_WARMUP, METHODS, PRECISIONS, SCHEDULES, TASKS,
-                                    WARMUP_SHARE)
-from lmtune.config.fields import TRUST_REMOTE_CODE_HELP, build, flag, opt
+                                    MAX_WARMUP, METHODS, PRECISIONS, SAVE_MINUTES, SCHEDULES,
+                                    TASKS, WARMUP_SHARE)
+from lmtune.config.fields import THREADS_HELP, TRUST_REMOTE_CODE_HELP, build, flag, opt
 from lmtune.errors import UserError
 
 # Saved as false in a run's config.yaml: the file describes the run, not the command that last
@@ -121,6 +121,7 @@ class TrainConfig(DataOptions):
                          "support it, else fp32; fp16 only on CUDA (GPT-2/Neo overflow in it).",
                          choices=PRECISIONS, group="training")
     device: str = opt("auto", "Device to train on.", choices=DEVICES, group="training")
+    threads: int | None = opt(None, THREADS_HELP, group="training")
     devices: int = opt(1, "Train on this many processes on this machine, one per GPU (on the "
                        "CPU, processes that share the cores): lmtune starts itself under "
                        "torchrun. Under torchrun or accelerate launch leave it out; the "
@@ -141,7 +142,11 @@ class TrainConfig(DataOptions):
     sample_max_new_tokens: int = opt(64, "Length limit of samples written during training.",
                                      group="logging")
     save_every: int | None = opt(None, "Steps between checkpoints (default: with each "
-                                 "evaluation); one is always written at the end.", group="output")
+                                 "evaluation); one is always written at the end and on a stop.",
+                                 group="output")
+    save_minutes: float | None = opt(None, "Fewest minutes between two checkpoints (default: "
+                                     f"{SAVE_MINUTES:g} when --save-every is left to its "
+                                     "default, 0 when it is given).", group="output")
     keep: int = opt(2, "Keep this many newest checkpoints (at least the newest one), plus the best by "
                     "validation loss.",
                     group="output")
@@ -186,7 +191,8 @@ def check_train(cfg: TrainConfig) -> list[str]:
         problems.append(f"--lora-dropout must be in [0, 1) (got {cfg.lora_dropout})")
     if cfg.lr is not None and cfg.lr <= 0:
         problems.append(f"--lr must be above 0 (got {cfg.lr})")
-    for name in ("weight_decay", "grad_clip", "warmup_steps", "keep", "sample_every"):
+    for name in ("weight_decay", "grad_clip", "warmup_steps", "keep", "sample_every",
+                 "save_minutes"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             problems.append(f"{flag(name)} must not be negative (got {value})")

@@ -93,32 +93,35 @@ class Startup:
     url: str
     device: str
     precision: str
+    threads: object          # cpu.ThreadBudget
+    warning: str | None      # an explicit bf16 on a CPU that emulates it
 
 
 def prepare(cfg: ServeConfig) -> Startup:
     """Check options and paths and bind the port; loads no weights."""
-    from lmtune.device import pick_device, pick_precision
+    from lmtune.device import pick_device, pick_precision, precision_warning, set_threads
     from lmtune.serving import registry
 
     key = check(cfg)
+    threads = set_threads(cfg.threads)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
     sock = _bind(cfg.host, cfg.port)
-    return Startup(ServerState(cfg, key), planned, sock, url_of(sock), device, precision)
+    return Startup(ServerState(cfg, key), planned, sock, url_of(sock), device, precision,
+                   threads, precision_warning(precision, device))
 
 
 def load_models(prepared: Startup, on_event: Callable[[str, dict], None]) -> None:
     """Load every model, then start the engine and turn the server ready. Runs in a thread
     while the server already answers /health with 503."""
-    from lmtune.device import set_threads, torch_dtype
+    from lmtune.device import torch_dtype
     from lmtune.serving import registry
     from lmtune.serving.engine import Engine
 
     state, cfg = prepared.state, prepared.state.cfg
     device, precision = prepared.device, prepared.precision
     try:
-        set_threads()
         models = registry.load(prepared.planned, device=device, dtype=torch_dtype(precision),
                                trust_remote_code=cfg.trust_remote_code,
                                allow_pickle=cfg.allow_pickle)
@@ -135,7 +138,8 @@ def load_models(prepared: Startup, on_event: Callable[[str, dict], None]) -> Non
         state.status = "ready"
     on_event("ready", {"url": prepared.url, "device": device, "precision": precision,
                        "models": {n: _describe(s) for n, s in models.items()},
-                       "weights_loaded": len(groups)})
+                       "weights_loaded": len(groups), "threads": prepared.threads.line(),
+                       "warning": prepared.warning})
 
 
 def _describe(served) -> str:

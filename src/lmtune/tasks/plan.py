@@ -15,7 +15,7 @@ import math
 
 from lmtune.config.defaults import (CLASSIFY_BATCH, CLASSIFY_MAX_LENGTH, DEFAULT_LR,
                                     EVALS_PER_RUN, FREEZE_SHARE, MAX_BLOCK, MAX_TOKENS_PER_STEP,
-                                    MAX_WARMUP, MIN_AUTO_BLOCK, MIN_TOKENS_PER_STEP,
+                                    MAX_WARMUP, MIN_AUTO_BLOCK, SAVE_MINUTES, MIN_TOKENS_PER_STEP,
                                     TARGET_STEPS_PER_EPOCH, WARMUP_SHARE)
 
 
@@ -90,6 +90,8 @@ def fill_schedule(cfg, total: int, n_layers: int | None, **updates):
     if cfg.eval_every is None:
         updates["eval_every"] = max(1, math.ceil(total / EVALS_PER_RUN))
     every = updates.get("eval_every", cfg.eval_every)
+    if cfg.save_minutes is None:
+        updates["save_minutes"] = SAVE_MINUTES if cfg.save_every is None else 0.0
     if cfg.save_every is None:
         updates["save_every"] = every
     if cfg.sample_every is None:

@@ -3,8 +3,9 @@
 FLOPs per trained token: 6N for full fine-tuning (forward 2N, backward 4N) and about 4N when
 the base weights are frozen (LoRA, freeze: no weight gradients for most of N), N = parameters.
 The peak is looked up for known GPUs (dense bf16 tensor-core figures from the vendors' data
-sheets) and measured on CPUs with a short 2048^3 matmul burst (about 0.1 s, once per process);
-a CPU that only emulates bf16 reports no bf16 peak, so bf16 runs there log no MFU.
+sheets) and measured on CPUs with a short matmul burst (about 0.15 s, once per process, sized
+from a first small timing); a CPU that only emulates bf16 reports no bf16 peak (the figure
+would measure the emulation), so bf16 runs there log no MFU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from lmtune.device import cpu_has_bf16
 # Dense (no sparsity) bf16 peaks in FLOP/s, by a substring of torch.cuda.get_device_name().
 GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
                  "A10G": 125e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+BUDGET_S = 0.15  # the peak measurement's time, about, on any CPU
 
 
 def flops_per_token(n_params: int, n_trainable: int) -> float:
@@ -39,11 +43,21 @@ def peak_flops(device: str, precision: str) -> float | None:
         # before the first step, and the figure would measure the emulation, not the machine.
         return None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # A private generator: drawing from the global one would shift dropout masks and break
-    # the same-seed, same-losses guarantee for whichever run measures first.
-    a = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0)).to(dtype)
+    # Sized from a first small timing so the burst stays near BUDGET_S on any CPU: five
+    # 2048^3 matmuls took a second on a 2-core AVX2 EPYC in fp32, a few ms on a large server.
+    gen = torch.Generator().manual_seed(0)
+    n = 256
+    a = torch.randn(n, n, generator=gen).to(dtype)
     a @ a
-    n, t0 = 5, time.perf_counter()
-    for _ in range(n):
+    t0 = time.perf_counter()
+    a @ a
+    rate = 2 * n**3 / max(time.perf_counter() - t0, 1e-9)
+    while n < 2048 and 2 * (2 * n) ** 3 * 3 / rate < BUDGET_S:
+        n *= 2  # bigger matmuls run nearer the peak; three of them must fit the budget
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    a @ a
+    reps = max(1, min(5, int(BUDGET_S * rate / (2 * n**3))))
+    t0 = time.perf_counter()
+    for _ in range(reps):
         a @ a
-    return n * 2 * 2048**3 / (time.perf_counter() - t0)
+    return reps * 2 * n**3 / (time.perf_counter() - t0)

@@ -56,13 +56,13 @@ def check_devices(cfg) -> str:
 
 def relaunch(cfg):
     """Run `cfg` on cfg.devices processes and return rank 0's TrainResult."""
-    from lmtune.device import threads_per_process
+    from lmtune.cpu import thread_budget
 
     device = check_devices(cfg)
     env = dict(os.environ)
     if device == "cpu" and not env.get("OMP_NUM_THREADS"):
         # torchrun would give each process one thread; the processes share the cores.
-        env["OMP_NUM_THREADS"] = str(threads_per_process(cfg.devices))
+        env["OMP_NUM_THREADS"] = str(thread_budget(cfg.threads, cfg.devices).threads)
     with tempfile.TemporaryDirectory(prefix="lmtune-launch-") as tmp:
         config_file, result_file = Path(tmp) / "config.yaml", Path(tmp) / "result.json"
         config_file.write_text(config_mod.to_yaml(cfg), encoding="utf-8")

@@ -18,7 +18,7 @@ import torch
 from lmtune.analysis.memorization import LazyIndex, copy_summary
 from lmtune.analysis.report import report_at_end
 from lmtune.distributed import resume_command
-from lmtune.errors import UserError
+from lmtune.errors import Stopped, UserError
 from lmtune.models.generate import generate
 from lmtune.run import checkpoint
 from lmtune.run.artifact import run_info, save_artifact
@@ -92,6 +92,7 @@ class Intervals:
 
     def __init__(self, cfg, total_steps: int):
         self.cfg, self.total = cfg, total_steps
+        self.saved_at = time.monotonic()  # the run's start counts as a save
 
     def last(self, step: int) -> bool:
         return step == self.total
@@ -107,7 +108,12 @@ class Intervals:
                                                 or self.last(step))
 
     def save(self, step: int) -> bool:
-        return step % self.cfg.save_every == 0 or self.last(step)
+        due = (step % self.cfg.save_every == 0
+               and time.monotonic() - self.saved_at >= 60 * (self.cfg.save_minutes or 0))
+        return due or self.last(step)
+
+    def saved(self) -> None:
+        self.saved_at = time.monotonic()
 
     def out_of_patience(self, state: LoopState) -> bool:
         return bool(self.cfg.patience) and state.bad_evals >= self.cfg.patience
@@ -196,31 +202,39 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     setup.model.train()
     window = Window(setup.accelerator.device, state, world.is_main)
     last_eval, stopped, bad_in_row = None, "completed", 0
+    # This process's first record: what it ran on (a resumed run may run elsewhere).
+    logs.metrics.write({"step": state.step, "device": setup.device,
+                        "precision": setup.precision, "threads": setup.threads.threads,
+                        "threads_why": setup.threads.why})
     emit("progress", {"step": state.step, "total": plan.total_steps})
-    for micro in step_batches(setup, state.step):
-        if state.step >= plan.total_steps:
-            break
-        result = step_module.train_step(setup, micro)
-        bad_in_row = _count_skipped(result, state, bad_in_row, emit)
-        step_lr = setup.scheduler.get_last_lr()[0]  # the rate this step used
-        setup.scheduler.step()
-        state.step += 1
-        state.tokens += result.n_tokens
-        window.add(result)
-        if intervals.log(state.step):
-            logs.metric("log", window.record(setup, state, step_lr, result.grad_norm,
-                                             flops_tok, peak))
-        emit("progress", {"step": state.step, "total": plan.total_steps})
-        if world.active:  # every rank stops after the same step
-            stop.signum = world.agree_on_signal(stop.signum)
+    batches = step_batches(setup, state.step)
+    while state.step < plan.total_steps:
+        with stop.deferred():  # a signal here waits for the step's end
+            result = step_module.train_step(setup, next(batches))
+            bad_in_row = _count_skipped(result, state, bad_in_row, emit)
+            step_lr = setup.scheduler.get_last_lr()[0]  # the rate this step used
+            setup.scheduler.step()
+            state.step += 1
+            state.tokens += result.n_tokens
+            window.add(result)
+            if intervals.log(state.step):
+                logs.metric("log", window.record(setup, state, step_lr, result.grad_norm,
+                                                 flops_tok, peak))
+            emit("progress", {"step": state.step, "total": plan.total_steps})
+            if world.active:  # every rank stops after the same step
+                stop.signum = world.agree_on_signal(stop.signum)
         side_t0 = time.perf_counter()  # evaluation, samples and saves are not training speed
-        if intervals.evaluate(state.step) or stop.signum:
-            last_eval = _evaluate(setup, state, logs) or last_eval
-        if intervals.sample(state.step):
-            _sample(setup, state.step, logs, copies)
-        if stop.signum or intervals.save(state.step) or intervals.out_of_patience(state):
-            window.save_into(state, world)
-            _save(setup, state, run, info, emit)
+        if not stop.signum:  # cut short by a signal, which then saves below
+            with stop.interruptible():
+                if intervals.evaluate(state.step):
+                    last_eval = _evaluate(setup, state, logs) or last_eval
+                if intervals.sample(state.step):
+                    _sample(setup, state.step, logs, copies)
+        with stop.deferred():
+            if stop.signum or intervals.save(state.step) or intervals.out_of_patience(state):
+                window.save_into(state, world)
+                _save(setup, state, run, info, emit)
+                intervals.saved()
         window.t0 += time.perf_counter() - side_t0
         if stop.signum:
             raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step "
@@ -232,7 +246,14 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
             emit("message", {"text": f"stopping early: no better {setup.task.best_metric} "
                                      f"in {cfg.patience} evaluations"})
             break
-    _finish(setup, run, info, emit, fast, state.step)
+    try:  # a signal may cut it short: new_folder removes the part written
+        _finish_model(setup, run, info, emit, fast, state.step)
+    except Stopped as e:
+        raise Interrupted(f"stopped by {e} while writing final/; every step is saved in "
+                          f"{checkpoint.latest(run.checkpoints)}",
+                          hint=f"write final/ and the report with: "
+                               f"{resume_command(run.path)}") from None
+    _report(setup, run, emit)
     return _result(setup, state, run, window.mean_loss, last_eval, stopped)
 
 
@@ -311,9 +332,9 @@ def _save(setup: Setup, state: LoopState, run: RunFolder, info: dict, emit) -> N
     world.barrier()  # no rank runs ahead (or exits on a stop) while rank 0 still writes
 
 
-def _finish(setup: Setup, run: RunFolder, info: dict, emit, fast, step: int) -> None:
-    """final/ and the report. The optimizer's state (two fp32 copies of every trainable
-    weight) and the step's buffers go first, so they do not add to the run's peak memory."""
+def _finish_model(setup: Setup, run: RunFolder, info: dict, emit, fast, step: int) -> None:
+    """final/. The optimizer's state (two fp32 copies of every trainable weight) and the
+    step's buffers go first, so they do not add to the run's peak memory."""
     world = setup.world
     setup.optimizer.state.clear()
     fast.release_buffers()
@@ -321,6 +342,10 @@ def _finish(setup: Setup, run: RunFolder, info: dict, emit, fast, step: int) -> 
     if world.is_main:
         save_artifact(run.final, setup.unwrapped, setup.tokenizer, info, state_dict=weights)
     emit("end", {"final": str(run.final), "step": step})
+
+
+def _report(setup: Setup, run: RunFolder, emit) -> None:
+    world = setup.world
     if setup.cfg.report and world.is_main:  # loss.png, report.html, before/after samples
         # Under FSDP the tuned model is in shards; the report loads it from final/.
         report_at_end(run.path, None if world.fsdp else setup.unwrapped, setup.tokenizer,

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from lmtune.config import DEFAULT_MODEL, TrainConfig, check_against_model, refuse
-from lmtune.device import pick_device, pick_precision, set_threads, torch_dtype
+from lmtune.device import (pick_device, pick_precision, precision_warning, set_threads,
+                           torch_dtype)
 from lmtune.distributed import World, seed_ranks
 from lmtune.errors import UserError
 from lmtune.fast import speedups
@@ -50,6 +51,8 @@ class Setup:
     fast: speedups | None = None  # entered around the steps (train.py)
     start: Path | None = None   # the checkpoint a --resume starts from
     changes: list[str] = dataclasses.field(default_factory=list)  # what --force-resume allowed
+    threads: object = None      # cpu.ThreadBudget: printed at start, kept in metrics.jsonl
+    warnings: list[str] = dataclasses.field(default_factory=list)  # for the start messages
 
     @property
     def plan(self) -> Plan:
@@ -62,9 +65,10 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
     start, changes = find_start(run.path, cfg, data.data_hash) if cfg.resume else (None, [])
     if start is not None:
         world.check_resume(read_state(start), run.path)
-    set_threads()
+    threads = set_threads(cfg.threads)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
+    warning = precision_warning(precision, device)
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
     model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg)
@@ -88,6 +92,7 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
                  unwrapped=accelerator.unwrap_model(model), method=method,
                  optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                  device=device, precision=precision, fast=fast, start=start, changes=changes,
+                 threads=threads, warnings=[warning] if warning else [],
                  # Listed once, before any forward: FSDP2 registers unsharded stand-ins while
                  # a module runs (the root's stay after its forward), and the clipping and the
                  # finiteness check must see the sharded weights the optimizer updates.

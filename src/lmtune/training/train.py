@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from lmtune import distributed
 from lmtune.atomic import is_disk_full
 from lmtune.config import TrainConfig, check_train, refuse
-from lmtune.errors import UserError
+from lmtune.errors import Stopped, UserError
 from lmtune.run.folder import RunFolder, default_out, train_config
 from lmtune.run.resume import final_is_current
 from lmtune.tasks import task_for
@@ -79,7 +80,7 @@ def _run(setup: Setup, state: LoopState, run: RunFolder, emit, fast, lock) -> Tr
     """The run folder, created only now that every input has been checked; rank 0 alone
     writes it, under its lock."""
     world, cfg = setup.world, setup.cfg
-    stop = StopFlag()
+    stop = StopFlag(always_defer=world.active)
     try:
         if world.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
@@ -115,8 +116,9 @@ def _announce(setup: Setup, state: LoopState, emit) -> None:
                    "world_size": setup.world.size,
                    "global_batch": plan.batch_size * cfg.grad_accum * setup.world.size,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
-                   "start_step": state.step, "lr": cfg.lr})
-    for text in data.messages:
+                   "start_step": state.step, "lr": cfg.lr, "threads": setup.threads.threads,
+                   "threads_why": setup.threads.why})
+    for text in [*setup.warnings, *data.messages]:
         emit("message", {"text": text})
     for change in setup.changes:
         emit("message", {"text": f"--force-resume: {change}"})
@@ -127,11 +129,17 @@ def _announce(setup: Setup, state: LoopState, emit) -> None:
 
 
 class StopFlag:
-    """SIGTERM or a first Ctrl-C: finish the step, save, exit. A second Ctrl-C: stop now."""
+    """SIGTERM or a first Ctrl-C during a step or a save: finish it, save, exit. Anywhere else
+    (evaluation, samples, the report): raise Stopped at once; the loop then saves the last
+    finished step. A second Ctrl-C: stop now. Under several processes every signal waits
+    for the end of the step, where the ranks agree on it (a rank that left a collective
+    early would hang the others)."""
 
-    def __init__(self):
+    def __init__(self, always_defer: bool = False):
         self.signum: int | None = None
         self.old: dict = {}
+        self.deferring = always_defer
+        self.always_defer = always_defer
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -143,6 +151,29 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if not self.deferring:
+            raise Stopped(signum)
+
+    @contextmanager
+    def deferred(self):
+        """Work that must finish once begun (a step, a save); a signal waits for its end."""
+        before, self.deferring = self.deferring, True
+        try:
+            yield
+        finally:
+            self.deferring = before or self.always_defer
+
+    @contextmanager
+    def interruptible(self):
+        """Work a signal may cut short (evaluation, samples): Stopped ends it here, and the
+        caller, seeing `signum`, saves the last finished step."""
+        before, self.deferring = self.deferring, self.always_defer
+        try:
+            yield
+        except Stopped:
+            pass
+        finally:
+            self.deferring = before
 
     def restore(self) -> None:
         for s, handler in self.old.items():
