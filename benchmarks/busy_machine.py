@@ -3,7 +3,7 @@ and training beside `lmtune serve`, each against the same work alone, side by si
 
     python benchmarks/busy_machine.py                       # all four scenarios
     python benchmarks/busy_machine.py --scenarios 2 4 --steps 24
-    python benchmarks/busy_machine.py --env OMP_WAIT_POLICY=ACTIVE   # compare a mechanism
+    python benchmarks/busy_machine.py --env OMP_WAIT_POLICY=PASSIVE  # compare a mechanism
 
 Every training run is the same: a random 6-layer, 384-wide GPT-2 with the default model's
 tokenizer, full fine-tuning in fp32 on the jokes that pyjokes ships, one 256-token block per
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 
+BASE_ENV = dict(os.environ)  # what every child starts from (and --env adds to)
 HERE = Path(__file__).resolve().parent
 SRC = str(HERE.parent / "src")
 sys.path.insert(0, str(HERE))
@@ -52,7 +53,7 @@ def make_inputs(tmp: Path) -> tuple[str, Path, Path]:
 
 
 def _env(extra: dict) -> dict:
-    return {**os.environ, "PYTHONPATH": SRC, **extra}
+    return {**BASE_ENV, "PYTHONPATH": SRC, **extra}
 
 
 def start_train(model: str, data: Path, out: Path, steps: int, extra_env: dict,
@@ -85,7 +86,9 @@ def together(n: int, model: str, data: Path, tmp: Path, steps: int, env: dict,
     outs = [tmp / f"run{n}-{i}" for i in range(n)]
     procs = [start_train(model, data, o, steps, env, args) for o in outs]
     lines = [threads_line(p) for p in procs]
-    print(f"  {n} at once: {lines[0]}", flush=True)
+    changes = [[r["threads"] for r in map(json.loads, (o / "metrics.jsonl").open())
+                if "threads" in r] for o in outs]
+    print(f"  {n} at once: {lines[0]}; threads over each run: {changes}", flush=True)
     return [train_speed(o) for o in outs]
 
 

@@ -33,7 +33,8 @@ def test_a_cgroup_quota_caps_the_threads_and_processes_share_them(machine):
 
 def test_threads_flag_and_omp_num_threads_win(machine):
     machine.setattr(cpu, "cgroup_cpus", lambda: 1.0)
-    assert cpu.thread_budget(requested=6).line().startswith("threads: 6 (--threads")
+    assert cpu.thread_budget(requested=6).line() == "threads: 6 (--threads)"
+    assert not cpu.thread_budget(requested=6).adapts  # the user's number holds
     machine.setenv("OMP_NUM_THREADS", "3")
     assert cpu.thread_budget().threads == 3
 
@@ -50,17 +51,21 @@ def test_cgroup_quotas_are_read_up_the_tree_and_the_smallest_binds(tmp_path):
     assert cpu._v1_quota(tmp_path / "cfs") is None
 
 
-def test_the_wait_policy_is_passive_unless_the_user_chose(monkeypatch):
-    import sys
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
-        monkeypatch.setenv(var, "")  # so that monkeypatch puts back what was there
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
-    assert cpu.choose_wait_policy() == "set by the user"
-    assert "OMP_WAIT_POLICY" not in cpu.os.environ
-    monkeypatch.delenv("GOMP_SPINCOUNT")
-    # torch is loaded in this process already: too late to choose, and said so
-    assert "torch" in sys.modules and cpu.choose_wait_policy().startswith("spin")
-    monkeypatch.delitem(sys.modules, "torch")
-    assert cpu.choose_wait_policy() == "passive"
-    assert cpu.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+def test_core_watch_gives_threads_back_and_forth_with_the_load(machine, monkeypatch):
+    """Two CPUs: another process using 1.2 of them leaves one thread; when it stops, two."""
+    machine.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1})
+    clock, busy, own = [0.0], [0.0], [0.0]
+    watch = cpu.CoreWatch(2, interval=3.0)
+    watch._sample = lambda: (clock[0], busy[0], own[0])
+    watch.last = watch._sample()
+
+    def after(seconds, others, mine):
+        clock[0] += seconds
+        busy[0] += (others + mine) * seconds
+        own[0] += mine * seconds
+        return watch.threads_now()
+
+    assert after(1.0, 1.2, 0.8) is None  # too soon to judge
+    assert after(3.0, 1.2, 0.8) == 1 and "use 1.2 of the 2 CPUs" in watch.why()
+    assert after(3.0, 1.0, 1.0) is None  # unchanged
+    assert after(3.0, 0.1, 1.0) == 2

@@ -14,12 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from lmtune.cpu import choose_wait_policy
 from lmtune.errors import UserError
 from lmtune.version import __version__
-
-# Before anything here imports torch: its OpenMP runtime reads the wait policy once, on load.
-choose_wait_policy()
 
 _API = ("train", "generate", "load", "merge", "predict", "load_classifier",
         "evaluate_classifier", "evaluate_model", "compare", "diff", "write_report",

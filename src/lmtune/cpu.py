@@ -1,42 +1,25 @@
-"""What this CPU can do and how many of its cores this process may use; no torch import here,
-because the OpenMP wait policy must be chosen before torch loads its OpenMP runtime.
+"""What this CPU can do and how many of its cores this process may use (no torch here).
 
 The thread budget:
 - cores: this process's CPU affinity (taskset, numactl, a batch scheduler) capped by the
   cgroup CPU quota (docker --cpus, Kubernetes limits), not os.cpu_count(), which counts the
   whole host; then one thread per physical core, since hyper-threads share the matrix units;
 - several lmtune processes on one machine (LOCAL_WORLD_SIZE under torchrun) share them;
-- waiting threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), measured in
-  benchmarks/busy_machine.py: with the default spin-wait, two runs on two cores each
-  spin against the other's work.
-OMP_NUM_THREADS, OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user win over every choice here.
+- while training, fewer threads when other processes use the cores (CoreWatch).
+Measured in benchmarks/busy_machine.py on 2 cores: two runs at once went from 0.37x of alone
+each (OpenMP threads spinning against the other run's work) to 0.65x; OpenMP's passive wait
+policy gave about as much at two runs but cost 9% alone, so the spin-wait stays.
+--threads and OMP_NUM_THREADS win over every choice here, and turn the following off.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-WAIT_POLICY = "OMP_WAIT_POLICY"
-# Read by libgomp (torch's OpenMP on Linux) when it loads; also by Intel's OpenMP.
-_WAIT_VARS = (WAIT_POLICY, "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-
-
-def choose_wait_policy() -> str:
-    """Make OpenMP's idle threads sleep rather than spin, unless the user chose, and say
-    which policy holds. Must run before torch is imported to take effect (lmtune/__init__
-    calls it); later, whatever the runtime already read holds."""
-    if any(v in os.environ for v in _WAIT_VARS):
-        return os.environ.get(WAIT_POLICY, "set by the user").lower()
-    if "torch" in sys.modules:
-        return "spin (torch was imported before lmtune)"
-    os.environ[WAIT_POLICY] = "PASSIVE"
-    return "passive"
-
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
@@ -123,6 +106,7 @@ def physical_cores() -> int | None:
 class ThreadBudget:
     threads: int
     why: str          # for the start line: where the number came from
+    adapts: bool = False  # chosen here, not by the user: may follow the machine's load
 
     def line(self) -> str:
         return f"threads: {self.threads} ({self.why})"
@@ -131,12 +115,10 @@ class ThreadBudget:
 def thread_budget(requested: int | None = None, processes: int = 1) -> ThreadBudget:
     """Threads for one of `processes` lmtune processes on this machine: --threads, else
     OMP_NUM_THREADS, else the usable physical cores shared between the processes."""
-    wait = os.environ.get(WAIT_POLICY, "default").lower()
     if requested:
-        return ThreadBudget(requested, f"--threads; OpenMP wait {wait}")
+        return ThreadBudget(requested, "--threads")
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return ThreadBudget(max(1, int(os.environ["OMP_NUM_THREADS"])),
-                            f"OMP_NUM_THREADS; OpenMP wait {wait}")
+        return ThreadBudget(max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS")
     try:
         allowed = len(os.sched_getaffinity(0))
         where = f"{allowed} in this process's CPU affinity"
@@ -155,4 +137,60 @@ def thread_budget(requested: int | None = None, processes: int = 1) -> ThreadBud
     threads = max(1, cores // max(1, processes))
     if processes > 1:
         where += f", shared by {processes} processes"
-    return ThreadBudget(threads, f"{where}; OpenMP wait {wait}")
+    if processes == 1:
+        where += "; fewer in training while other processes use them"
+    return ThreadBudget(threads, where, adapts=processes == 1)
+
+
+class CoreWatch:
+    """Follows what other processes use of this process's CPUs and says when the thread count
+    should change: two runs on two cores, each with two threads, spend their time spinning in
+    OpenMP against each other's work (0.37x of alone each), where one thread each shares the
+    cores cleanly. Reads /proc/stat (the CPUs in this process's affinity) and this process's
+    own CPU time; about 50 us a call, and it decides at most every `interval` seconds."""
+
+    def __init__(self, budget: int, interval: float = 3.0):
+        self.budget, self.threads, self.interval = budget, budget, interval
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:
+            self.cpus = []
+        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self._sample()
+        self.others = 0.0
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        wanted = {f"cpu{i}" for i in self.cpus}
+        busy = 0
+        for line in lines:
+            name, *values = line.split()
+            if name in wanted:  # user nice system idle iowait irq softirq steal ...
+                v = [int(x) for x in values[:8]]
+                busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        own = os.times()
+        return time.monotonic(), busy / self.ticks, own.user + own.system
+
+    def threads_now(self) -> int | None:
+        """A new thread count when other processes' use of the cores changed it, else None."""
+        if self.last is None:
+            return None
+        now = self._sample()
+        wall = now[0] - self.last[0]
+        if wall < self.interval:
+            return None
+        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / wall
+        self.last, self.others = now, others
+        free = len(self.cpus) - others
+        want = max(1, min(self.budget, int(free + 0.5)))
+        if want == self.threads:
+            return None
+        self.threads = want
+        return want
+
+    def why(self) -> str:
+        return (f"other processes use {self.others:.1f} of the {len(self.cpus)} CPUs in this "
+                f"process's affinity")

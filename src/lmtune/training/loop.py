@@ -17,6 +17,7 @@ import torch
 
 from lmtune.analysis.memorization import LazyIndex, copy_summary
 from lmtune.analysis.report import report_at_end
+from lmtune.cpu import CoreWatch
 from lmtune.distributed import resume_command
 from lmtune.errors import Stopped, UserError
 from lmtune.models.generate import generate
@@ -206,6 +207,8 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     logs.metrics.write({"step": state.step, "device": setup.device,
                         "precision": setup.precision, "threads": setup.threads.threads,
                         "threads_why": setup.threads.why})
+    watch = CoreWatch(setup.threads.threads) if (setup.threads.adapts and
+                                                  setup.device == "cpu") else None
     emit("progress", {"step": state.step, "total": plan.total_steps})
     batches = step_batches(setup, state.step)
     while state.step < plan.total_steps:
@@ -223,6 +226,7 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
             emit("progress", {"step": state.step, "total": plan.total_steps})
             if world.active:  # every rank stops after the same step
                 stop.signum = world.agree_on_signal(stop.signum)
+            _follow_load(watch, state.step, logs)
         side_t0 = time.perf_counter()  # evaluation, samples and saves are not training speed
         if not stop.signum:  # cut short by a signal, which then saves below
             with stop.interruptible():
@@ -255,6 +259,15 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
                                f"{resume_command(run.path)}") from None
     _report(setup, run, emit)
     return _result(setup, state, run, window.mean_loss, last_eval, stopped)
+
+
+def _follow_load(watch: CoreWatch | None, step: int, logs: _Logs) -> None:
+    """Fewer threads while other processes use the cores, the budget again when they stop
+    (cpu.CoreWatch); each change is a metrics record like the first one."""
+    threads = watch.threads_now() if watch is not None else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+        logs.metrics.write({"step": step, "threads": threads, "threads_why": watch.why()})
 
 
 def _count_skipped(result: StepResult, state: LoopState, bad_in_row: int, emit) -> int:
