@@ -128,11 +128,12 @@ def latencies(url: str, seconds: float, stop: threading.Event | None = None) -> 
     """A steady stream: one short completion after another, with a pause between."""
     out, t_end = [], time.perf_counter() + seconds
     with httpx.Client(timeout=120) as client:
+        name = client.get(f"{url}/v1/models").json()["data"][0]["id"]
         i = 0
         while time.perf_counter() < t_end and not (stop and stop.is_set()):
             t0 = time.perf_counter()
             r = client.post(f"{url}/v1/completions", json={
-                "model": "default", "prompt": "Why do programmers", "max_tokens": 8,
+                "model": name, "prompt": "Why do programmers", "max_tokens": 8,
                 "temperature": 0.7, "seed": i})
             r.raise_for_status()
             out.append(time.perf_counter() - t0)

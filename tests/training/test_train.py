@@ -146,3 +146,32 @@ def test_dataset_smaller_than_one_batch_still_trains(tiny_gpt2, tmp_path, fast):
     base = load_file(Path(tiny_gpt2) / "model.safetensors")
     final = load_file(result.final / "model.safetensors")
     assert any(not torch.equal(base[k], final[k]) for k in final)
+
+
+def test_a_run_follows_the_machines_load_and_records_each_thread_change(
+        tiny_gpt2, lines_file, tmp_path, fast, monkeypatch):
+    from lmtune.cpu import ThreadBudget
+
+    class Busy:  # other processes take a core after step 1, and leave after step 3
+        def __init__(self, budget):
+            self.calls = 0
+
+        def threads_now(self):
+            self.calls += 1
+            return {1: 1, 3: 2}.get(self.calls)
+
+        def why(self):
+            return "other processes use 1.0 of the 2 CPUs"
+
+    monkeypatch.setattr("lmtune.training.setup.set_threads",
+                        lambda requested: ThreadBudget(2, "pretend", adapts=True))
+    monkeypatch.setattr("lmtune.training.loop.CoreWatch", Busy)
+    before = torch.get_num_threads()
+    try:
+        result = lmtune.train(lines_file, model=str(tiny_gpt2), out=str(tmp_path / "run"),
+                              method="full", max_steps=4, sample_every=0, report=False, **fast)
+    finally:
+        torch.set_num_threads(before)
+    changes = [(r["step"], r["threads"]) for r in _records(result.out / "metrics.jsonl")
+               if "threads" in r]
+    assert changes == [(0, 2), (1, 1), (3, 2)]

@@ -6,6 +6,7 @@ place. Errors go to stderr as one line plus a `hint:` line; data goes to stdout.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
@@ -27,6 +28,25 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def run() -> None:
+    """The `lmtune` program: main(), the atexit handlers, then an exit that skips tearing the
+    interpreter down (freeing torch's and transformers' modules and objects took 1.8 s after
+    a training run on a 2-core AVX2 EPYC). Every file lmtune writes is closed by then."""
+    code = [1]  # an unexpected exception prints its traceback and exits 1
+
+    def leave() -> None:  # registered first, so it runs after every other atexit handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code[0])
+    atexit.register(leave)
+    try:
+        code[0] = main()
+    except SystemExit as e:  # argparse's usage errors, --help
+        code[0] = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
+    sys.exit(code[0])
 
 
 def main(argv: list[str] | None = None) -> int:
