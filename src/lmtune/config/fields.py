@@ -136,4 +136,5 @@ def to_yaml(cfg: Any) -> str:
 
 THREADS_HELP = ("CPU threads for the model's work (default: the cores this process may use: "
                 "its CPU affinity and cgroup quota, one per physical core, shared between "
-                "--devices processes; OMP_NUM_THREADS also sets it).")
+                "--devices processes; training takes fewer while other processes use them). "
+                "Given here or as OMP_NUM_THREADS, the count stays fixed.")
