@@ -12,7 +12,7 @@ from lmtune.cpu import ThreadBudget, cpu_has_bf16, thread_budget
 from lmtune.errors import UserError
 
 __all__ = ["cpu_has_bf16", "pick_device", "pick_precision", "torch_dtype", "set_threads",
-           "threads_in_use", "precision_warning"]
+           "precision_warning"]
 
 
 def pick_device(requested: str) -> str:
@@ -69,10 +69,6 @@ def set_threads(requested: int | None = None) -> ThreadBudget:
         _budget = thread_budget(requested, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.set_num_threads(_budget.threads)
     return _budget
-
-
-def threads_in_use() -> ThreadBudget:
-    return _budget or set_threads()
 
 
 _budget: ThreadBudget | None = None

@@ -160,3 +160,14 @@ def test_overwrite_clears_only_what_a_run_writes(tmp_path):
     (tmp_path / "checkpoints" / "step-000001").mkdir(parents=True)
     RunFolder(tmp_path).clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("argv", [["train", "LINES", "--threads", "0"],
+                                  ["generate", "MODEL", "--threads", "-2"]])
+def test_a_thread_count_below_one_is_one_clean_error_before_any_model_loads(
+        argv, lines_file, tiny_gpt2, tmp_path, capsys):
+    argv = [{"LINES": lines_file, "MODEL": tiny_gpt2}.get(a, a) for a in argv]
+    code, out, err = _run(capsys, [*argv, "--out" if argv[0] == "train" else "--seed",
+                                   tmp_path / "run" if argv[0] == "train" else 0])
+    _assert_clean_error(code, out, err, "--threads must be at least 1")
+    assert not (tmp_path / "run").exists()

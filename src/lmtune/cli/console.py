@@ -48,7 +48,7 @@ class TrainConsole:
                  f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
                  f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
         if d["device"] == "cpu":
-            self.say(f"threads: {d['threads']} ({d['threads_why']})")
+            self.say(d["threads_line"])
         per_step = d["tokens_per_step"]
         world = d.get("world_size", 1)
         procs = f" x {world} processes" if world > 1 else ""

@@ -179,7 +179,7 @@ def check_train(cfg: TrainConfig) -> list[str]:
     positive = ["grad_accum", "lora_r", "lora_alpha", "log_every", "sample_max_new_tokens",
                 "devices"]
     for name in positive + ["max_steps", "batch_size", "eval_every", "save_every", "patience",
-                            "train_layers"]:
+                            "train_layers", "threads"]:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             problems.append(f"{flag(name)} must be at least 1 (got {value})")

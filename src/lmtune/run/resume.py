@@ -15,7 +15,8 @@ from lmtune.run.folder import RunFolder
 
 # Settings that may differ when resuming; any other change is refused by name.
 RESUMABLE_CHANGES = {"max_steps", "epochs", "resume", "overwrite", "log_every", "eval_every",
-                     "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every", "save_minutes",
+                     "sample_every", "sample_prompts", "sample_max_new_tokens", "save_every",
+                     "save_minutes",
                      "keep", "patience", "device", "threads", "out", "data", "val_data", "report",
                      "dry_run", "force_resume", "allow_pickle",
                      "devices"}  # another world size: see World.check_resume

@@ -117,7 +117,7 @@ def _announce(setup: Setup, state: LoopState, emit) -> None:
                    "global_batch": plan.batch_size * cfg.grad_accum * setup.world.size,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
                    "start_step": state.step, "lr": cfg.lr, "threads": setup.threads.threads,
-                   "threads_why": setup.threads.why})
+                   "threads_line": setup.threads.line()})
     for text in [*setup.warnings, *data.messages]:
         emit("message", {"text": text})
     for change in setup.changes:
