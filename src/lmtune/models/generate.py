@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from lmtune.data.tokenize import start_token_id
+from lmtune.fast.head_matmul import decoding_head
 from lmtune.models.chat import render_chat
 from lmtune.errors import UserError
 
@@ -82,7 +84,9 @@ def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
     model.eval()
     # Sampling must not disturb the training RNG (dropout, resume equality), so it runs on a
     # forked RNG; a seed makes the samples themselves reproducible.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # The CPU's fast decoding head (fast/head_matmul.py); FSDP's sharded head is left alone.
+    head = nullcontext() if synced else decoding_head(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), head:
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
