@@ -25,7 +25,8 @@ LAYERS = [
     ["tasks"],
     ["models"],
     ["run", "data", "fast"],
-    ["config", "device", "cpu", "distributed", "trust", "home", "atomic", "errors", "version"],
+    ["config", "device", "cpu", "distributed", "trust", "home", "atomic", "errors", "version",
+     "progress"],
 ]
 BOTTOM = set(LAYERS[-1])
 MAX_ROOT_MODULES = 14

@@ -1,27 +1,47 @@
 """The Python API: the same functions the CLI calls, returning values and printing nothing.
-`import lmtune` exposes them (lmtune/__init__.py loads this module on first use)."""
+`import lmtune` exposes them (lmtune/__init__.py loads this module on first use).
+
+Every function runs inside `progress.quiet_libraries()`: transformers' loading and saving
+bars, its info logs and library warnings stay off, and are restored on return. Callbacks
+(`on_event`) take two arguments, the event's name and a dict, and are checked before any work.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from lmtune import config as config_mod
+from lmtune.progress import check_callback, quiet_libraries
 from lmtune.config import GenerateConfig
 from lmtune.models.generate import Sample, generate_from_config
 from lmtune.models.merge import MergeResult, merge as _merge
 from lmtune.training.result import TrainResult
 
 
+def _quiet(fn):
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with quiet_libraries():
+            return fn(*args, **kwargs)
+    return quiet
+
+
+@_quiet
 def train(data: str | None = None, *, config_file: str | None = None,
           on_event: Callable[[str, dict], None] | None = None, **options) -> TrainResult:
-    """Fine-tune; `options` are the `lmtune train` flags with underscores (see TrainConfig)."""
+    """Fine-tune; `options` are the `lmtune train` flags with underscores (see TrainConfig).
+    `on_event(event, data)` receives what the CLI shows: "start", "progress", "log", "eval",
+    "sample", "stage" (loading, evaluating, sampling...), "end", "report" and "message"."""
     from lmtune.training.train import train as _train
 
+    check_callback(on_event)
     if data is not None:
         options["data"] = str(data)
     return _train(config_file=config_file, on_event=on_event, **options)
 
 
+@_quiet
 def load(model: str | None = None, *, device: str = "auto", precision: str = "fp32",
          trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer) for a run folder, checkpoint, model folder, hub id or the default."""
@@ -35,6 +55,7 @@ def load(model: str | None = None, *, device: str = "auto", precision: str = "fp
     return m.to(dev), tok
 
 
+@_quiet
 def generate(model=None, prompts: list[str] | str | None = None, **options) -> list[Sample]:
     """Samples from `model` (a path/name, or a `(model, tokenizer)` pair from `load`)."""
     if isinstance(prompts, str):
@@ -55,6 +76,7 @@ def generate(model=None, prompts: list[str] | str | None = None, **options) -> l
     return generate_from_config(cfg, m, tok)
 
 
+@_quiet
 def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool = False,
                     allow_pickle: bool = False):
     """A classification run, loaded once: `clf.predict(["text", ...])` -> Predictions."""
@@ -63,6 +85,7 @@ def load_classifier(run: str, *, device: str = "auto", trust_remote_code: bool =
                             allow_pickle=allow_pickle)
 
 
+@_quiet
 def predict(run, texts: list[str] | str | None = None, *, data: str | None = None,
             **options) -> list:
     """Label texts (or every text of the file `data`) with a classification run or a
@@ -73,6 +96,7 @@ def predict(run, texts: list[str] | str | None = None, *, data: str | None = Non
     return _predict(run, texts, data=None if data is None else str(data), **options)
 
 
+@_quiet
 def evaluate_classifier(run: str, data: str, **options) -> dict:
     """Accuracy, macro and per-class precision/recall/F1, the confusion matrix and the
     majority baseline of a classification run on labelled data (tasks/classify/evaluate.py)."""
@@ -80,6 +104,7 @@ def evaluate_classifier(run: str, data: str, **options) -> dict:
     return _evaluate(str(run), str(data), **options)
 
 
+@_quiet
 def merge(run: str, out: str, *, trust_remote_code: bool = False,
           allow_pickle: bool = False) -> MergeResult:
     """Merge a LoRA run into its base and save a standalone model in `out`."""
@@ -87,11 +112,13 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
                   allow_pickle=allow_pickle)
 
 
+@_quiet
 def serve(*models, on_event: Callable[[str, dict], None] | None = None, **options) -> None:
     """Serve models and runs over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C;
     `options` are the `lmtune serve` flags with underscores (see ServeConfig)."""
     from lmtune.serving import serve as _serve
 
+    check_callback(on_event)
     if models:
         options["models"] = [str(m) for m in models]
     _serve(on_event=on_event, **options)
@@ -101,6 +128,7 @@ def serve(*models, on_event: Callable[[str, dict], None] | None = None, **option
 # Did it learn, did it memorise, what changed (issue 4). Options are the flags of the matching
 # command with underscores (EvalConfig, CompareConfig, InspectConfig in config.py).
 
+@_quiet
 def evaluate_model(model: str | None = None, data: str = "", **options):
     """Loss, perplexity and token count of `model` (a run, model folder, hub id or the
     default) on `data`, packed as in training: an EvalResult. For a classification run, the
@@ -113,6 +141,7 @@ def evaluate_model(model: str | None = None, data: str = "", **options):
     return evaluate(config_mod.build(EvalConfig, dict(options, data=str(data))))
 
 
+@_quiet
 def compare(base: str, tuned: str | None = None, **options):
     """The base and the tuned model side by side (`compare(run)` uses the run's own base):
     a CompareResult with perplexity rows for `data=` and `reference=` and same-seed samples
@@ -127,6 +156,7 @@ def compare(base: str, tuned: str | None = None, **options):
     return _compare(config_mod.build(CompareConfig, values))
 
 
+@_quiet
 def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False,
          allow_pickle: bool = False):
     """Per-tensor and per-block weight change of `tuned` against `base` (`diff(run)` uses
@@ -137,6 +167,7 @@ def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False
                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
+@_quiet
 def write_report(run: str, *, compare: bool = True, device: str = "auto",
                  trust_remote_code: bool = False, allow_pickle: bool = False):
     """Write loss.png and report.html into the run folder: a ReportResult with their paths."""
@@ -146,6 +177,7 @@ def write_report(run: str, *, compare: bool = True, device: str = "auto",
                          trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
+@_quiet
 def inspect_data(data: str, **options):
     """What `data` becomes for a model (options: model=, block_size= and the data flags):
     a DataReport with counts, lengths, padding waste, duplicates and warnings."""
@@ -155,6 +187,7 @@ def inspect_data(data: str, **options):
     return _inspect(config_mod.build(InspectConfig, dict(options, data=str(data))))
 
 
+@_quiet
 def check_memorization(samples, data: str, *, model: str | None = None) -> list:
     """For each sample (a Sample from `generate`, or a string), the longest run of tokens
     copied from `data` and whether it is a verbatim copy of an example (a list of Check).
@@ -169,6 +202,7 @@ def check_memorization(samples, data: str, *, model: str | None = None) -> list:
             for s in samples]
 
 
+@_quiet
 def prepare_data(data: str, **options):
     """Tokenize `data` once into the token cache that training reads (`lmtune data prepare`;
     options: model= and the data flags): a CachedCorpus with the cache folder and counts."""

@@ -43,7 +43,7 @@ CASES = [
      ["'quote'", "available fields: author, text"]),
     ("undecodable", [], "latin.txt", ["latin.txt line 2", "utf-8", "--encoding"]),
     ("missing-model-path", ["--model", "{dir}/no-such-model"], "lines",
-     ["model folder not found", "no-such-model"]),
+     ["no such folder", "no-such-model"]),
     ("model-is-a-file", ["--model", "{dir}/a_file"], "lines", ["is a file"]),
     ("block-size", ["--split-on", "\\n", "--block-size", "512"], "lines",
      ["--block-size 512", "context of 256"]),
@@ -171,3 +171,32 @@ def test_a_thread_count_below_one_is_one_clean_error_before_any_model_loads(
                                    tmp_path / "run" if argv[0] == "train" else 0])
     _assert_clean_error(code, out, err, "--threads must be at least 1")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, usage, needle", [
+    (["train", "d.csv", "--colunm", "text"], "usage: lmtune train",
+     "--colunm (did you mean --column?)"),
+    (["train", "d.csv", "--colum", "text"], "usage: lmtune train",
+     "--colum (did you mean --column?)"),
+    (["train", "d.csv", "--max-step", "3"], "usage: lmtune train", "(did you mean --max-steps?)"),
+    (["data", "inspect", "d.csv", "--colunm", "x"], "usage: lmtune data inspect",
+     "(did you mean --column?)"),
+    (["generate", "--promt", "hi"], "usage: lmtune generate", "(did you mean --prompt?)"),
+])
+def test_a_mistyped_flag_is_refused_with_the_nearest_one(argv, usage, needle, capsys):
+    """Abbreviations are off: `--colum` and `--max-step` used to pass silently as --column and
+    --max-steps, and `--colunm` got the top-level usage and no suggestion."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and needle in err and "Traceback" not in err
+
+
+def test_a_mistyped_run_folder_is_named_with_the_nearest_one(tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs" / "proverbs-lora").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, ["generate", "runs/proverbs-lroa", "--prompt", "x"])
+    _assert_clean_error(code, out, err, "no such folder: runs/proverbs-lroa",
+                        "did you mean runs/proverbs-lora?")
+    assert "Hugging Face" not in err and "--model" not in err

@@ -196,7 +196,7 @@ def test_listening_beyond_loopback_needs_a_key_or_insecure(tiny_gpt2, capsys, mo
 
 def test_cli_refuses_a_missing_model_or_bad_name_before_binding(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing")]) == 2
-    assert "model folder not found" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert main(["serve", "--name", "no-equals-sign"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
     assert main(["serve", "--max-concurrency", "0"]) == 2

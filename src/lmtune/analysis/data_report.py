@@ -13,19 +13,19 @@ import dataclasses
 import math
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from lmtune.analysis.evaluate import run_config, with_run_data_options
-from lmtune.config import DEFAULT_MODEL, InspectConfig, check_block_size, refuse
+from lmtune.config import DEFAULT_MODEL, InspectConfig, TrainConfig, check_block_size, refuse
 from lmtune.config.defaults import MAX_BLOCK
-from lmtune.data.examples import Example, build_examples_with_stats
+from lmtune.data.examples import Example, build_examples_with_stats, split_indices
 from lmtune.data.readers import read_records
 from lmtune.data.tokenize import SpecialTexts, TokenizedDocs, tokenize_examples
 from lmtune.errors import UserError
-from lmtune.models.load import context_length, load_tokenizer, peek_config
+from lmtune.models.load import context_length, load_tokenizer, parameter_count, peek_config
 from lmtune.models.resolve import resolve
+from lmtune.tasks.plan import auto_block_size
 
 # Below this many training tokens per model parameter a run memorises fast (a heuristic:
 # 135M parameters -> 135K tokens, a few hundred short quotes).
@@ -58,24 +58,10 @@ class DataReport:
     learned_part: str | None    # its part that counts in the loss, for prompt/completion data
     parameters: int | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # choices made for the user (data/readers)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def count_parameters_on_disk(folder: str) -> int | None:
-    """Parameters of a model folder, from the safetensors headers alone (no weights read)."""
-    from safetensors import safe_open
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with safe_open(f, framework="pt") as st:
-            for key in st.keys():
-                total += math.prod(st.get_slice(key).get_shape())
-    return total
 
 
 def template_fields(opts) -> list[str]:
@@ -137,7 +123,7 @@ def describe(examples: list[Example], docs: TokenizedDocs, tokenizer, *, data: s
         learned_part=(tokenizer.decode([t for t, m in zip(first, mask) if m],
                                        skip_special_tokens=False)
                       if examples[0].prompt else None),
-        parameters=parameters)
+        parameters=parameters, notes=list(stats.get("notes", [])))
     special = SpecialTexts(tokenizer)
     for ex in examples:
         special.add(ex.prompt, ex.completion)
@@ -150,7 +136,7 @@ def _warnings(r: DataReport, records: list[dict] | None, opts) -> list[str]:
     out = []
     if r.parameters and r.tokens < TOKENS_PER_PARAM_WARN * r.parameters:
         out.append(f"small dataset for the model: {r.tokens:,} tokens for "
-                   f"{r.parameters / 1e6:.0f}M parameters; it can learn them by heart within a "
+                   f"{r.parameters / 1e6:.1f}M parameters; it can learn them by heart within a "
                    f"few epochs, so keep epochs low, prefer --method lora, and watch the "
                    f"validation loss and the copy rate")
     if r.duplicates:
@@ -179,16 +165,21 @@ def _warnings(r: DataReport, records: list[dict] | None, opts) -> list[str]:
     return out
 
 
-def build_report(opts, tokenizer, *, model: str, block_size: int,
-                 parameters: int | None = None) -> DataReport:
+def build_report(opts, tokenizer, *, model: str, block_size: int | None,
+                 parameters: int | None = None, context: int = MAX_BLOCK,
+                 split: tuple[float, int] = (0.0, 0)) -> DataReport:
     """Read `opts.data` with the data flags in `opts` (any config with the DataOptions
-    fields) and describe it."""
+    fields) and describe it. `block_size` None: the one `train` would pick for this data,
+    from the training share of a (val_split, seed) `split`."""
     records = read_records(opts.data, fmt=opts.format, encoding=opts.encoding,
                            split_on=opts.split_on)
     examples, stats = build_examples_with_stats(
         records, source=str(opts.data), column=opts.column, template=opts.template,
         prompt_template=opts.prompt_template, completion_template=opts.completion_template)
     docs = tokenize_examples(examples, tokenizer)
+    if block_size is None:
+        train_idx, _ = split_indices(len(docs), *split)
+        block_size = auto_block_size(docs.subset(train_idx).n_tokens, context)
     return describe(examples, docs, tokenizer, data=str(opts.data), model=model, stats=stats,
                     block_size=block_size, parameters=parameters, records=records, opts=opts)
 
@@ -202,7 +193,8 @@ def inspect_data(cfg: InspectConfig) -> DataReport:
     tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
     context = context_length(peek_config(resolved, cfg.trust_remote_code))
     refuse(check_block_size(cfg.block_size, context))
-    saved = run_config(spec)
-    block = cfg.block_size or (saved.block_size if saved else None) or min(MAX_BLOCK, context)
+    saved = run_config(spec) or TrainConfig()  # a run's own split and block, else train's
     return build_report(with_run_data_options(cfg, spec), tokenizer, model=spec,
-                        block_size=block, parameters=count_parameters_on_disk(resolved.path))
+                        block_size=cfg.block_size or saved.block_size, context=context,
+                        split=(saved.val_split, saved.seed),
+                        parameters=parameter_count(resolved, cfg.trust_remote_code))

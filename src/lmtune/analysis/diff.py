@@ -25,6 +25,7 @@ from lmtune.atomic import write_file
 from lmtune.errors import UserError
 from lmtune.models.load import attach_adapter, load_base
 from lmtune.models.resolve import resolve
+from lmtune.progress import iterate
 
 METRICS = ("mean_abs_diff", "max_abs_diff", "std_diff", "mean_cosine", "mean_euclidean",
            "relative_change")
@@ -175,7 +176,7 @@ def diff(base: str, tuned: str | None = None, *, trust_remote_code: bool = False
         kind = "weights"
     result = DiffResult(base=base, tuned=tuned, kind=kind)
     blocks: dict[int, _Sums] = {}
-    for name, w, dw in pairs:
+    for name, w, dw in iterate(pairs, "comparing weights", unit="tensor"):
         d = dw()
         if d is not None and not torch.any(d):
             d = None

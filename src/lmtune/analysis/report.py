@@ -20,6 +20,7 @@ from pathlib import Path
 from lmtune.atomic import is_disk_full, write_file
 from lmtune.config import TrainConfig
 from lmtune.errors import UserError
+from lmtune.progress import stage
 from lmtune.run.folder import RunFolder
 from lmtune.tasks.generate import perplexity
 
@@ -248,26 +249,30 @@ def report_at_end(out: Path, model, tokenizer, device, autocast, emit) -> None:
     """The end-of-training hook: the tuned model is still in memory, so only the base is
     loaded (a LoRA run switches its adapter off instead). The weights are saved before this
     runs; a failure here is reported as a message and does not fail the run."""
-    from lmtune.analysis.compare import ModelPair
-    from lmtune.models.resolve import resolve
-
     run = RunFolder(out)
     try:
-        info, cfg = run.info(), run.config()
-        # The base loads as training loaded it: the same command, the same trust.
-        trust = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-        if info.get("task", "generate") != "generate":
-            result = write_report(out, compare=False)
-        elif not cfg.sample_every:
-            result = write_report(out, compare=False, left_out="left out: samples were turned "
-                                                               "off (--sample-every 0)")
-        elif model is None:  # the tuned model is not whole in memory (FSDP): load final/
-            result = write_report(out, device=device.type, **trust)
-        else:
-            pair = ModelPair.around(model, tokenizer, resolve(str(out)), info["base_model"],
-                                    device, autocast, **trust)
-            result = write_report(out, pair=pair)
+        with stage("writing the report"):
+            result = _report_at_end(run, out, model, tokenizer, device, autocast)
     except (UserError, OSError, ValueError, RuntimeError) as e:
         emit("message", {"text": f"run report not written: {e}"})
         return
     emit("report", {"html": str(result.html), "loss_png": str(result.loss_png)})
+
+
+def _report_at_end(run: RunFolder, out: Path, model, tokenizer, device, autocast):
+    from lmtune.analysis.compare import ModelPair
+    from lmtune.models.resolve import resolve
+
+    info, cfg = run.info(), run.config()
+    # The base loads as training loaded it: the same command, the same trust.
+    trust = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    if info.get("task", "generate") != "generate":
+        return write_report(out, compare=False)
+    if not cfg.sample_every:
+        return write_report(out, compare=False, left_out="left out: samples were turned off "
+                                                         "(--sample-every 0)")
+    if model is None:  # the tuned model is not whole in memory (FSDP): load final/
+        return write_report(out, device=device.type, **trust)
+    pair = ModelPair.around(model, tokenizer, resolve(str(out)), info["base_model"], device,
+                            autocast, **trust)
+    return write_report(out, pair=pair)

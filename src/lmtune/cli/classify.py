@@ -64,8 +64,13 @@ def print_train_end(result) -> int:
     """After `lmtune train --task classify`: the last and the best validation scores."""
     m = result.metrics
     if m is not None:
-        print(f"validation at step {m['step']}: accuracy {m['accuracy']:.3f}, macro F1 "
-              f"{m['macro_f1']:.3f}")
+        baseline = (f" (the most common label alone: {m['baseline_accuracy']:.3f})"
+                    if "baseline_accuracy" in m else "")
+        print(f"validation at step {m['step']}: accuracy {m['accuracy']:.3f}{baseline}, macro "
+              f"F1 {m['macro_f1']:.3f}")
+        if "only_label" in m:
+            from lmtune.cli.console import collapse_note
+            print(collapse_note(m))
     if result.best_step is not None:
         print(f"best macro F1 {result.best_score:.3f} at step {result.best_step} (kept in "
               f"{result.out}/checkpoints/step-{result.best_step:06d})")

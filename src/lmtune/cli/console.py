@@ -8,12 +8,16 @@ import sys
 
 from tqdm.auto import tqdm
 
+from lmtune.cli.output import short_count
+from lmtune.cli.progress import StageBars
 
-def _count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
+
+def collapse_note(m: dict) -> str:
+    """A classifier that answers one label for every text has learned only the label counts."""
+    return (f"note: the model predicts '{m['only_label']}' for every validation text (accuracy "
+            f"{m['accuracy']:.3f}; always answering the most common label scores "
+            f"{m['baseline_accuracy']:.3f}); train longer (--epochs), balance the classes "
+            f"(--class-weights auto) or raise --lr")
 
 
 class TrainConsole:
@@ -21,11 +25,16 @@ class TrainConsole:
         self.stream = stream or sys.stderr
         self.bar: tqdm | None = None
         self.postfix: dict = {}
+        self.stages = StageBars(self.stream)  # loading, evaluating, sampling, the report
+
+    def on_stage(self, d: dict) -> None:
+        self.stages("stage", d)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.stages.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -40,13 +49,17 @@ class TrainConsole:
 
     def on_start(self, d: dict) -> None:
         s = d["stats"]
+        for note in s.get("notes", []):
+            self.say(f"note: {note}")
         dropped = s.get("dropped_empty", 0) + s.get("dropped_missing", 0)
         self.say(f"data: {d['train_examples']} training and {d['val_examples']} validation "
-                 f"examples, {_count(d['train_tokens'])} training tokens"
+                 f"examples, {short_count(d['train_tokens'])} training tokens"
                  + (f" ({dropped} empty or incomplete records skipped)" if dropped else ""))
-        self.say(f"model: {d['model']} on {d['device']} in {d['precision']}; method "
-                 f"{d['method']}: {_count(d['trainable'])} of {_count(d['total'])} parameters "
-                 f"train ({100 * d['trainable'] / max(1, d['total']):.2f}%)")
+        adapter = " (a LoRA adapter)" if d["method"] == "lora" else ""
+        self.say(f"model: {d['model']} on {d['device']} in {d['precision']}, "
+                 f"{short_count(d['total'])} parameters; method {d['method']}: "
+                 f"{short_count(d['trainable'])} parameters train{adapter}, "
+                 f"{100 * d['trainable'] / max(1, d['total']):.2f}% of the model's")
         if d["device"] == "cpu":
             self.say(d["threads_line"])
         per_step = d["tokens_per_step"]
@@ -88,10 +101,14 @@ class TrainConsole:
 
     def on_eval(self, d: dict) -> None:
         self.postfix["val_loss"] = f"{d['val_loss']:.4f}"
+        if self.bar is not None:  # shown now, not one log (or one evaluation) later
+            self.bar.set_postfix(self.postfix, refresh=True)
         if "macro_f1" in d:  # --task classify
             self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f}, accuracy "
                      f"{d['accuracy']:.3f}, macro F1 {d['macro_f1']:.3f} (precision "
                      f"{d['macro_precision']:.3f}, recall {d['macro_recall']:.3f})")
+            if "only_label" in d:
+                self.say(collapse_note(d))
             return
         self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f} "
                  f"(perplexity {d['val_ppl']:.2f})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from lmtune.cli.output import print_json as _print_json
+from lmtune.cli.output import short_count, print_json as _print_json
 from lmtune.config import InspectConfig, PrepareConfig
 from lmtune.errors import UserError
 
@@ -47,7 +47,8 @@ def print_data_report(r) -> None:
     print(f"data: {r.data}: {r.examples:,} examples from {r.records:,} records")
     print(f"characters {r.characters:,}   tokens {r.tokens:,} as trained (each example gets a "
           f"start and an end token; {r.target_tokens:,} count in the loss)")
-    print(f"tokenizer of {r.model}: {r.tokens_per_character:.3f} tokens per character")
+    size = f" ({short_count(r.parameters)} parameters)" if r.parameters else ""
+    print(f"tokenizer of {r.model}{size}: {r.tokens_per_character:.3f} tokens per character")
     n = r.length
     print(f"tokens per example: min {n['min']}, median {n['median']:g}, mean {n['mean']:g}, "
           f"95th percentile {n['p95']:g}, max {n['max']}")
@@ -65,6 +66,8 @@ def print_data_report(r) -> None:
     if r.learned_part is not None:
         print("  of which the model learns (the rest is prompt):")
         print(textwrap.indent(r.learned_part, "    "))
+    for note in r.notes:
+        print(f"note: {note}")
     if r.warnings:
         print("warnings:")
         for w in r.warnings:

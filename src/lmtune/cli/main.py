@@ -14,7 +14,9 @@ import sys
 from lmtune import config as config_mod
 from lmtune.config import TrainConfig
 from lmtune.cli.parser import build_parser
+from lmtune.cli.progress import StageBars
 from lmtune.errors import Stopped, UserError, stop_on_signals
+from lmtune.progress import listening
 
 
 def _quiet_libraries() -> None:
@@ -51,14 +53,19 @@ def run() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     if not args.command:
+        if extras:
+            parser.refuse_unknown(extras)
         parser.print_help(sys.stderr)
         return 2
+    if extras:  # the command's own usage line, and the flag it probably meant
+        args._parser.refuse_unknown(extras)
     stop_on_signals()
     values = {k: v for k, v in vars(args).items() if not k.startswith("_")
               and k not in ("command", "subcommand", "config")}
     module, func = args._handler.split(":")
+    bars = StageBars()
     try:
         _quiet_libraries()
         if args._cls is TrainConfig:  # --resume reads the run's own config first
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(cfg, "threads", None) is not None:  # commands that run a model
             from lmtune.device import set_threads
             set_threads(cfg.threads)
-        return getattr(importlib.import_module(module), func)(cfg) or 0
+        with listening(bars):  # every stage of the library drawn on stderr
+            return getattr(importlib.import_module(module), func)(cfg) or 0
     except UserError as e:
         _print_error(e)
         return e.exit_code
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: stopped by {e}; what was being written was removed, what was "
               f"complete is kept", file=sys.stderr)
         return e.exit_code
+    finally:
+        bars.close()
 
 
 def _print_error(e: UserError) -> None:

@@ -24,7 +24,8 @@ def cmd_generate(cfg: GenerateConfig) -> int:
         else:
             if i:
                 print("-" * 40)
-            print(s.prompt + s.text)
+            # A chat answer is a reply, not a continuation: the prompt gets its own line.
+            print(f"> {s.prompt}\n{s.text}" if cfg.chat else s.prompt + s.text)
             if check:
                 print(memorization_line(check))
     return 0

@@ -22,3 +22,11 @@ def duration(seconds: float) -> str:
         return f"{minutes}m {s:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
+
+
+def short_count(n: int) -> str:
+    """One way to write a large count everywhere (train's start lines, data inspect): 134.5M."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from typing import Any
 
 from lmtune import config as config_mod
@@ -90,10 +91,32 @@ COMMANDS: list[tuple[str, type, str, str]] = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviations (`--colum` is not `--column`, `--max-step` not `--max-steps`: a typo
+    must not pass as a flag), and an unknown flag is named with the nearest real one, under
+    the usage of the command it was given to."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def refuse_unknown(self, extras: list[str]) -> None:
+        flags = [a for a in extras if a.startswith("-")]
+        if not flags:
+            self.error(f"unexpected argument{'s' if len(extras) > 1 else ''}: "
+                       f"{' '.join(extras)}")
+        known = [o for a in self._actions for o in a.option_strings]
+        typed = flags[0].split("=", 1)[0]
+        close = difflib.get_close_matches(typed, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else \
+            f" (see lmtune {self.prog.split(' ', 1)[-1]} --help)"
+        self.error(f"unknown option {typed}{hint}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmtune.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lmtune", description="Fine-tune GPT-style language models on your own text.")
     parser.add_argument("--version", action="version", version=f"lmtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -111,5 +134,5 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="YAML", default=None,
                        help="Read options from a YAML file; flags given here override it.")
         _add_config_flags(p, cls)
-        p.set_defaults(_cls=cls, _handler=handler)
+        p.set_defaults(_cls=cls, _handler=handler, _parser=p)
     return parser

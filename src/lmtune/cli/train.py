@@ -68,10 +68,15 @@ def print_dry_run(result) -> int:
     print(f"plan: {p['tokens_per_step']} tokens per step (batch {p['batch_size']} x block "
           f"{p['block_size']} x accumulation {p['grad_accum']}), {p['steps_per_epoch']} steps "
           f"per epoch, {p['total_steps']} steps in all")
+    low, high = result.seconds_per_step_range
     print(f"measured on {result.device} in {result.precision}: {result.seconds_per_step:.2f}s "
-          f"per step (median of {result.measured_steps} steps)")
+          f"per step (median of {result.measured_steps} steps; fastest {low:.2f}s, slowest "
+          f"{high:.2f}s)")
+    steps = result.plan["total_steps"]
+    spread = (f" (between {_duration(low * steps)} and {_duration(high * steps)} at the "
+              f"fastest and slowest step's pace)" if high > 1.15 * low else "")
     print(f"estimate: {_duration(result.seconds_per_epoch)} per epoch, "
-          f"{_duration(result.seconds_training)} for the whole run"
+          f"{_duration(result.seconds_training)} for the whole run{spread}"
           + (f", plus about {_duration(result.seconds_evaluating)} of validation"
              if result.seconds_evaluating else "")
           + " (samples and checkpoints not counted)")

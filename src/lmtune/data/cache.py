@@ -35,6 +35,7 @@ from lmtune.data.tokenize import (SpecialTexts, TokenizedDocs, encode_batch, eos
 from lmtune.atomic import is_disk_full, new_folder, remove_folder
 from lmtune.errors import UserError
 from lmtune.home import lmtune_home
+from lmtune.progress import stage
 
 CACHE_VERSION = 2  # 2: \r\n read as \n when --split-on splits at line ends
 READ_BLOCK = 1 << 22          # bytes read from disk at a time
@@ -94,7 +95,8 @@ def prepare(path: str | Path, opts, tokenizer, *, root: Path | None = None) -> C
             return cached
         remove_folder(folder)  # damaged (a crash of another tool, a disk error): made again
     try:
-        return _build(path, opts, tokenizer, folder, key)
+        with stage(f"tokenizing {path.name} (once: the tokens are cached)"):
+            return _build(path, opts, tokenizer, folder, key)
     except OSError as e:
         if not is_disk_full(e):
             raise

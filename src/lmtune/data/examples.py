@@ -57,6 +57,14 @@ def build_examples_with_stats(records: list[dict], *, source: str, column: str |
             continue
         examples.append(Example(prompt, completion))
     stats = {"records": len(records), "dropped_empty": dropped_empty, "dropped_missing": dropped_missing}
+    notes = list(getattr(records, "notes", []))
+    if (column, template, prompt_template) == (None, None, None) and len(fields) > 1:
+        others = [f for f in fields if f != completion_parts[0][1]]
+        notes.append(f"the text of each example is the field '{completion_parts[0][1]}' (the "
+                     f"other fields, {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}"
+                     f", are not used; choose with --column or --template)")
+    if notes:
+        stats["notes"] = notes
     if not examples:
         raise UserError(f"no examples in {source} after templating ({len(records)} records: "
                         f"{dropped_empty} empty, {dropped_missing} missing a value)",

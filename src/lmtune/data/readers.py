@@ -230,6 +230,15 @@ def _read_jsonl(path: Path, text: str) -> list[dict]:
     return records
 
 
+class Records(list):
+    """Records, with `notes`: choices the reader made that the user should hear about (the
+    key of a JSON object whose list was read). Examples carry them into their stats."""
+
+    def __init__(self, items, notes: list[str]):
+        super().__init__(items)
+        self.notes = notes
+
+
 def _read_json(path: Path, text: str) -> list[dict]:
     try:
         value = json.loads(text)
@@ -240,18 +249,21 @@ def _read_json(path: Path, text: str) -> list[dict]:
         if e.msg == "Extra data":
             hint = "a file with one JSON object per line is JSONL: rename it .jsonl or pass --format jsonl"
         raise UserError(f"{path} line {e.lineno}: invalid JSON ({e.msg}, column {e.colno})", hint=hint) from None
+    notes = []
     if isinstance(value, dict):
-        lists = [v for v in value.values() if isinstance(v, list)]
+        lists = [k for k, v in value.items() if isinstance(v, list)]
         if len(lists) != 1:
             raise UserError(f"{path} holds a JSON object, expected a list of records",
                             hint='use a list [{"text": ...}, ...] or an object holding exactly one such list')
-        value = lists[0]
+        notes.append(f"{path.name} is a JSON object: its records are the list under the key "
+                     f"'{lists[0]}'")
+        value = value[lists[0]]
     if not isinstance(value, list):
         raise UserError(f"{path} holds a JSON {type(value).__name__}, expected a list of records",
                         hint='use a list such as [{"text": "..."}, ...]')
     if not value:
         raise UserError(f"{path} is empty (an empty JSON list)", hint="add records to the list")
-    return [_as_record(v, f"{path} item {i}") for i, v in enumerate(value)]
+    return Records((_as_record(v, f"{path} item {i}") for i, v in enumerate(value)), notes)
 
 
 def _too_deep(where: str) -> UserError:

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lmtune.data.tokenize import start_token_id
+from lmtune.errors import UserError
 from lmtune.fast.head_matmul import decoding_head
 from lmtune.models.chat import render_chat
-from lmtune.errors import UserError
+from lmtune.progress import stage
 
 
 @dataclass
@@ -53,6 +54,18 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
+class _Ticks:
+    """A stopping criterion that never stops: transformers calls it once per new token, which
+    is where a long generation reports its progress."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        self.progress.advance()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
              max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 50,
@@ -86,12 +99,15 @@ def generate(model, tokenizer, prompts: list[str] | None = None, *, n: int = 1,
     # forked RNG; a seed makes the samples themselves reproducible.
     # The CPU's fast decoding head (fast/head_matmul.py); FSDP's sharded head is left alone.
     head = nullcontext() if synced else decoding_head(model)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), head:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), head, \
+            stage(f"generating {len(rows)} sample{'s' if len(rows) > 1 else ''}",
+                  max_new_tokens, "token") as progress:
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              generation_config=gen_config,
                              tokenizer=tokenizer if stop else None,
+                             stopping_criteria=[_Ticks(progress)],
                              **({"synced_gpus": True} if synced else {}))
     model.train(was_training)
     new = out[:, ids.shape[1]:].cpu()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lmtune.errors import UserError
 from lmtune.models.resolve import Resolved, refuse_classifier, resolve
+from lmtune.progress import stage
 from lmtune.run.artifact import verify_artifact
 from lmtune.trust import check_weights, refuse_remote_code
 
@@ -90,7 +91,7 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
     # use_safetensors=True: transformers never falls back to a pickle it finds next to them.
     kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
                   use_safetensors=None if allow_pickle else True, **config_overrides)
-    with reading("model", resolved.path):
+    with reading("model", resolved.path), stage(f"loading {resolved.spec}"):
         try:
             return auto_class.from_pretrained(resolved.path, attn_implementation=
                                               attn_implementation, **kwargs)
@@ -144,6 +145,19 @@ def num_layers(model) -> int:
         raise UserError(f"cannot tell how many layers {model.config.model_type} has; use "
                         f"--method lora or full")
     return n
+
+
+def parameter_count(resolved: Resolved, trust_remote_code: bool = False) -> int:
+    """What `model.parameters()` counts once the model loads (tied weights once, buffers not
+    at all), from its config alone: the model is built on the meta device and no weight is
+    read. A file count would differ (old GPT-2 checkpoints store attention masks)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = peek_config(resolved, trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
 
 
 def peek_config(resolved: Resolved, trust_remote_code: bool = False):

@@ -12,6 +12,7 @@ from lmtune.errors import UserError
 from lmtune.models.generate import encode_prompt
 from lmtune.models.load import attach_adapter, load_base, load_tokenizer
 from lmtune.models.resolve import refuse_classifier, resolve
+from lmtune.progress import stage
 from lmtune.run.artifact import finish_artifact
 
 MAX_LOGIT_DIFF = 1e-3
@@ -52,7 +53,7 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
                                                           "was written")
     info = dict(resolved.info or {})
     info.update(method="merged", merged_from=str(Path(run).resolve()))
-    with new_folder(target) as tmp:  # an empty `target` (checked above) is replaced
+    with new_folder(target) as tmp, stage(f"writing {target}"):  # an empty one is replaced
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         finish_artifact(tmp, info)

@@ -7,6 +7,7 @@ folder or checkpoint of lmtune (full model or LoRA adapter over its base), or a 
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import json
 import os
@@ -19,6 +20,7 @@ from lmtune.atomic import new_folder
 from lmtune.config import DEFAULT_MODEL
 from lmtune.errors import UserError
 from lmtune.home import lmtune_home
+from lmtune.progress import stage
 from lmtune.run.artifact import read_run_info
 from lmtune.run.checkpoint import is_checkpoint
 from lmtune.run.folder import RunFolder
@@ -56,6 +58,11 @@ def default_model_dir() -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = _gguf_path()
+    with stage(f"converting the default model to safetensors (once, into {target})"):
+        return _convert_default(gguf, target)
+
+
+def _convert_default(gguf: Path, target: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -143,9 +150,30 @@ def resolve(spec: str | None) -> Resolved:
         raise UserError(f"{p} is not a model folder: it has no config.json or adapter",
                         hint="pass a Hugging Face model folder, a run folder of lmtune, "
                              f"or '{DEFAULT_MODEL}'")
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise UserError(f"model folder not found: {spec}")
+    parent = p.parent
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 \
+            or (parent != Path(".") and parent.is_dir()):
+        # A path (or an org/name whose org is a local folder, such as runs/NAME): a typo in a
+        # folder name, not a model to fetch.
+        raise UserError(f"no such folder: {spec}", hint=_nearest_folder_hint(p))
     return Resolved(spec, _hub_snapshot(spec))
+
+
+def _nearest_folder_hint(path: Path) -> str:
+    """'did you mean runs/proverbs-lora?' from the folders beside where `path` points."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [d.name for d in parent.iterdir() if d.is_dir()] if parent.is_dir() else []
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    if close:
+        shown = " or ".join(str(parent / c) if str(parent) != "." else c for c in close)
+        return f"did you mean {shown}?"
+    if not parent.is_dir():
+        return f"{parent} does not exist either; check the path"
+    return (f"pass a run folder, a model folder (with config.json), a Hugging Face id, or "
+            f"'{DEFAULT_MODEL}'")
 
 
 def _adapter_base(folder: Path) -> str:
@@ -171,6 +199,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _hub_miss_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, [d.name for d in Path(".").iterdir()
+                                             if d.is_dir()], n=1, cutoff=0.75)
+    if close:
+        return f"did you mean the folder {close[0]}? Otherwise pass a local model folder"
+    return f"pass a local model folder, or the embedded default '{DEFAULT_MODEL}'"
+
+
 def _hub_snapshot(repo_id: str) -> str:
     """A hub id: use the local cache first; without a cache hit or network, fail in seconds
     (the hub client otherwise retries for about 25 s and prints a page of warnings)."""
@@ -187,8 +223,7 @@ def _hub_snapshot(repo_id: str) -> str:
     if not _hub_reachable():
         raise UserError(f"model '{repo_id}' is not in the local Hugging Face cache and the hub "
                         f"cannot be reached",
-                        hint=f"pass a local model folder, or leave out --model to use the "
-                             f"embedded default ({DEFAULT_MODEL})")
+                        hint=_hub_miss_hint(repo_id))
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmtune.atomic import disk_errors, new_folder
 from lmtune.errors import UserError
+from lmtune.progress import stage
 from lmtune.trust import MANIFEST, verify_manifest, write_manifest
 from lmtune.version import __version__
 
@@ -27,7 +28,7 @@ def save_artifact(folder: Path, model, tokenizer, info: dict,
     half-written, and a previous `folder` stays until the new one is complete. `state_dict`:
     the weights when the model holds only a shard of them (FSDP)."""
     given = {} if state_dict is None else {"state_dict": state_dict}
-    with disk_errors(folder), new_folder(folder) as tmp:
+    with disk_errors(folder), new_folder(folder) as tmp, stage(f"saving {folder}"):
         model.save_pretrained(tmp, safe_serialization=True, **given)
         tokenizer.save_pretrained(tmp)
         finish_artifact(tmp, info)

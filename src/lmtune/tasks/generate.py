@@ -16,6 +16,7 @@ from lmtune.data.tokenize import special_text_warning
 from lmtune.models.forward import loss_sum
 from lmtune.models.load import load_base, load_tokenizer
 from lmtune.models.resolve import refuse_classifier, resolve
+from lmtune.progress import iterate
 from lmtune.tasks.base import TaskData
 from lmtune.tasks.plan import plan_run
 
@@ -108,7 +109,9 @@ def mean_loss(model, dataset, batch_size: int, device, autocast=None) -> tuple[f
     # Under several processes every rank runs every forward, even of a batch with nothing to
     # count: FSDP gathers each block's weights in a collective.
     every = distributed.active()
-    for batch in dataset.batches(0, batch_size):
+    batches = iterate(dataset.batches(0, batch_size), "evaluating",
+                      dataset.num_batches(batch_size), "batch")
+    for batch in batches:
         if batch.n_target_tokens == 0 and not every:
             continue
         with autocast() if autocast else torch.autocast("cpu", enabled=False):

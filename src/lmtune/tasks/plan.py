@@ -37,6 +37,14 @@ class Plan:
     tokens_per_step: int
 
 
+def auto_block_size(n_train_tokens: int, context: int, batch_size: int | None = None) -> int:
+    """The block size `train` picks when --block-size is not given (`data inspect` shows the
+    same): a step's tokens in one block per batch row, within [MIN_AUTO_BLOCK, the context]."""
+    cap = min(MAX_BLOCK, context)  # --block-size itself was checked against the context
+    target = tokens_per_step(n_train_tokens)
+    return min(cap, max(MIN_AUTO_BLOCK, target // (batch_size or 1)))
+
+
 def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: int | None,
              world: int = 1):
     """Fill every `None` of `cfg` that depends on the data; return (cfg, Plan).
@@ -45,9 +53,8 @@ def plan_run(cfg, *, n_train_tokens: int, n_blocks_for, context: int, n_layers: 
     `world` processes a step reads batch_size x grad_accum x world blocks; a batch size chosen
     here is the one-process choice split over the processes, so more devices train the same
     steps faster (an explicit --batch-size is per device)."""
-    cap = min(MAX_BLOCK, context)  # --block-size itself was checked against the context
     target = tokens_per_step(n_train_tokens)
-    block = cfg.block_size or min(cap, max(MIN_AUTO_BLOCK, target // (cfg.batch_size or 1)))
+    block = cfg.block_size or auto_block_size(n_train_tokens, context, cfg.batch_size)
     batch = cfg.batch_size or max(1, target // block // world)
     n_blocks = n_blocks_for(block)
     micro_per_epoch = math.ceil(n_blocks / (batch * world))

@@ -17,10 +17,13 @@ from itertools import islice
 import torch
 
 from lmtune.analysis.data_report import DataReport, build_report
+from lmtune.progress import iterate
 from lmtune.training import step as step_module
+from lmtune.training.methods import count_parameters
 
-BURST_STEPS = 3        # timed steps, after one untimed warm-up step (allocations, kernels)
-BURST_SECONDS = 30.0   # stop timing early on a slow machine
+BURST_STEPS = 8        # timed steps, after one untimed warm-up step (allocations, kernels)
+MIN_STEPS = 3          # at least these, for a median and a spread worth the name
+BURST_SECONDS = 60.0   # past MIN_STEPS, stop timing once the timed steps took this long
 FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of forward + backward
 
 
@@ -32,6 +35,7 @@ class DryRunResult:
     precision: str
     measured_steps: int
     seconds_per_step: float
+    seconds_per_step_range: tuple[float, float]  # the fastest and slowest timed step
     seconds_per_epoch: float
     seconds_training: float     # all steps of the run
     seconds_evaluating: float   # all validation passes, estimated from the step time
@@ -47,13 +51,16 @@ def _sync(device) -> None:
 
 def time_steps(setup, steps: int = BURST_STEPS, budget: float = BURST_SECONDS) -> list[float]:
     """Seconds of each timed optimizer step: `train_step`, the loop's own, on the run's own
-    batches (wrapping into the next epoch on a tiny dataset)."""
+    batches (wrapping into the next epoch on a tiny dataset). At least MIN_STEPS are timed
+    (one step alone said nothing of the spread: three dry runs minutes apart on a busy
+    machine estimated 14 and 19 minutes), then up to `steps` within `budget` seconds."""
     plan, grad_accum = setup.plan, setup.cfg.grad_accum
     device = setup.accelerator.device
     setup.model.train()
     epoch, batches = 0, setup.data.train_set.batches(0, plan.batch_size)
     times: list[float] = []
-    for i in range(steps + 1):
+    progress = iterate(range(steps + 1), "timing training steps", steps + 1, "step")
+    for i in progress:
         micro = list(islice(batches, grad_accum))
         if len(micro) < grad_accum:
             epoch += 1
@@ -65,7 +72,8 @@ def time_steps(setup, steps: int = BURST_STEPS, budget: float = BURST_SECONDS) -
         _sync(device)
         if i:  # the first step pays for allocations and kernel selection
             times.append(time.perf_counter() - t0)
-            if sum(times) > budget:
+            if len(times) >= min(steps, MIN_STEPS) and sum(times) > budget:
+                progress.close()
                 break
     return times
 
@@ -75,7 +83,7 @@ def dry_run(setup) -> DryRunResult:
     speed-ups; the model is trained a few steps in memory and thrown away. The data report
     covers language-model data (--task generate)."""
     cfg, plan, val_set = setup.cfg, setup.plan, setup.data.val_set
-    total = sum(p.numel() for p in setup.model.parameters())
+    _, total = count_parameters(setup.unwrapped)  # the model's own, as data inspect counts
     report = (build_report(cfg, setup.tokenizer, model=cfg.model, block_size=plan.block_size,
                            parameters=total) if setup.task.name == "generate" else None)
     times = time_steps(setup)
@@ -89,6 +97,7 @@ def dry_run(setup) -> DryRunResult:
                            "eval_every": cfg.eval_every},
         device=str(setup.accelerator.device), precision=setup.precision,
         measured_steps=len(times), seconds_per_step=per_step,
+        seconds_per_step_range=(min(times), max(times)),
         seconds_per_epoch=per_step * plan.steps_per_epoch,
         seconds_training=per_step * plan.total_steps,
         seconds_evaluating=n_evals * val_steps * per_step * FORWARD_SHARE)

@@ -117,10 +117,16 @@ def keep_lora_inputs_in_autocast_dtype(model) -> None:
             module.cast_input_dtype_enabled = False
 
 
+ADDED_BY_LORA = ("lora_", "modules_to_save.")
+
+
 def count_parameters(model) -> tuple[int, int]:
-    # Tied weights appear once in parameters(), so they are not counted twice.
+    """(trainable, the model's own): the second leaves out what LoRA added (its adapter
+    matrices and the trained copies of modules_to_save), so every command names one size
+    for a model, the one `data inspect` shows. Tied weights appear once in parameters()."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for name, p in model.named_parameters()
+                if not any(part in name for part in ADDED_BY_LORA))
     return trainable, total
 
 

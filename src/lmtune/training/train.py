@@ -21,6 +21,7 @@ from lmtune import distributed
 from lmtune.atomic import is_disk_full
 from lmtune.config import TrainConfig, check_train, refuse
 from lmtune.errors import Stopped, UserError
+from lmtune.progress import check_callback, listening
 from lmtune.run.folder import RunFolder, default_out, train_config
 from lmtune.run.resume import final_is_current
 from lmtune.tasks import task_for
@@ -41,6 +42,7 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
     """Fine-tune a model. Pass a `TrainConfig`, or option names as keyword arguments
     (`train("jokes.txt", method="lora", epochs=2)`), optionally over a YAML `config_file`.
     With `dry_run=True` it returns a DryRunResult and writes nothing."""
+    check_callback(on_event)
     emit = on_event or _emit_nothing
     cfg = config if config is not None else train_config(overrides, config_file)
     task = task_for(cfg)
@@ -58,6 +60,11 @@ def train(config: TrainConfig | None = None, *, config_file: str | None = None,
         return relaunch(dataclasses.replace(cfg, out=str(run.path)))
     if not world.is_main:
         emit = _emit_nothing  # one progress bar and one set of messages: rank 0's
+    with listening(emit):  # the stages inside (loading, evaluating, sampling) go to on_event
+        return _train(cfg, task, world, run, emit)
+
+
+def _train(cfg: TrainConfig, task, world, run: RunFolder, emit) -> TrainResult | DryRunResult:
     # Rank 0 holds an existing folder from before its checkpoints are read: a second trainer
     # is told so, rather than finding a checkpoint half pruned by the first.
     with run.lock(now=world.is_main and not cfg.dry_run) as lock:

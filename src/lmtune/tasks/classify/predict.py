@@ -12,6 +12,7 @@ import torch
 
 from lmtune.atomic import write_file
 from lmtune.errors import UserError
+from lmtune.progress import iterate
 from lmtune.tasks.classify.data import (TextDataset, is_plain_text, read_labelled,
                                         tokenize_texts)
 from lmtune.tasks.classify.task import forward_logits, head_config
@@ -58,7 +59,9 @@ class Classifier:
         data = TextDataset(tok, pad_id=self.tokenizer.pad_token_id,
                            padding_side=self.tokenizer.padding_side, shuffle=False)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for batch in data.batches(0, batch_size) if texts else ():
+        batches = iterate(data.batches(0, batch_size), "classifying",
+                          data.num_batches(batch_size), "batch") if texts else ()
+        for batch in batches:
             logits = forward_logits(self.model, batch, self.device)  # (B, C)
             out[batch.rows] = logits.softmax(-1).cpu().numpy()
         return out

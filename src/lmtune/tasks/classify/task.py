@@ -20,6 +20,7 @@ from lmtune import distributed
 from lmtune.config import TrainConfig
 from lmtune.models.load import load_base
 from lmtune.models.resolve import refuse_classifier
+from lmtune.progress import iterate
 from lmtune.tasks.base import TaskData
 from lmtune.tasks.classify.data import (TextDataset, label_ids, label_set, read_labelled,
                                         stratified_split, tokenize_texts)
@@ -155,7 +156,8 @@ class Classification:
         was_training = model.training
         model.eval()
         logits, labels = [], []
-        for batch in val_set.batches(0, batch_size):
+        for batch in iterate(val_set.batches(0, batch_size), "evaluating",
+                             val_set.num_batches(batch_size), "batch"):
             with autocast():
                 logits.append(forward_logits(model, batch, device).cpu())
             labels.append(batch.labels)
@@ -165,8 +167,15 @@ class Classification:
             logits, labels = distributed.gather_rows(logits, labels)
             logits, labels = logits[labels >= 0], labels[labels >= 0]
         loss = F.cross_entropy(logits, labels, weight=self.weights, reduction="sum") / len(labels)
-        got = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), self.names)
-        return {"val_loss": round(loss.item(), 6), **{k: round(got[k], 4) for k in METRICS}}
+        predicted = logits.argmax(-1)
+        got = classification_metrics(labels.numpy(), predicted.numpy(), self.names)
+        # The majority class's share: what always answering it scores. A model that predicts
+        # one class for every text sits there, and the console says so with what to change.
+        baseline = torch.bincount(labels, minlength=len(self.names)).max().item() / len(labels)
+        one = predicted.unique()
+        return {"val_loss": round(loss.item(), 6), **{k: round(got[k], 4) for k in METRICS},
+                "baseline_accuracy": round(baseline, 4),
+                **({"only_label": self.names[int(one[0])]} if len(one) == 1 else {})}
 
     def rank(self, record: dict) -> list:
         # Macro F1 first; on a small validation set it often ties (at 1.0, say), and then the
