@@ -81,8 +81,9 @@ def test_tiny_model_learns_a_separable_task(cls_run):
     evals = [r for r in _records(cls_run.out / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30, 40]
     for r in evals:
-        assert set(r) == {"step", "val_loss", "accuracy", "macro_precision", "macro_recall",
-                          "macro_f1"}
+        assert set(r) - {"only_label"} == {"step", "val_loss", "accuracy", "macro_precision",
+                                           "macro_recall", "macro_f1", "baseline_accuracy"}
+        assert 0.3 <= r["baseline_accuracy"] <= 0.5  # three balanced classes
     assert evals[-1]["accuracy"] >= 0.95 and evals[-1]["macro_f1"] >= 0.95
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert cls_run.task == "classify" and cls_run.metrics == evals[-1]

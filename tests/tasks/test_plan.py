@@ -66,7 +66,9 @@ def test_classification_batches_hold_a_bounded_number_of_texts_cut_at_the_limit(
     assert 4 <= plan.batch_size <= 32 and plan.block_size == 512
     assert cfg.sample_every == 0  # a classifier writes no samples
     _, tiny = plan_classify(TrainConfig(), lengths=[20] * 10, context=2048, n_layers=12)
-    assert tiny.batch_size == 4
+    assert tiny.batch_size == 10  # all of them: 256 tokens of text a step need 13
+    _, short = plan_classify(TrainConfig(), lengths=[25] * 283, context=2048, n_layers=12)
+    assert short.batch_size == 11  # not 4: a step carries 256 tokens of text, as in LM
 
 
 def test_schedule_defaults_follow_the_run_length():

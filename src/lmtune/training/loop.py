@@ -195,6 +195,8 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     info = {**run_info(cfg, base_name(cfg.model)), **setup.task.info()}
     intervals = Intervals(cfg, plan.total_steps)
     n_trainable, n_params = parameter_counts(setup)
+    if setup.task.name == "classify":  # no LM head: the embedding is a lookup, not a matmul
+        n_params -= setup.unwrapped.get_input_embeddings().weight.numel()
     flops_tok = flops_per_token(n_params, n_trainable)
     peak = peak_flops(setup.accelerator.device.type, setup.precision)
     copies = LazyIndex(getattr(setup.data.train_set, "docs", None), setup.tokenizer)
