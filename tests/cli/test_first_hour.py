@@ -168,3 +168,23 @@ def test_generate_chat_puts_the_answer_on_its_own_line(tiny_gpt2, tmp_path, caps
                                       "--max-new-tokens", "4", "--seed", "0"])
     assert code == 0, err
     assert out.startswith("> the cat\n")
+
+
+def test_the_demo_states_its_plan_and_time_and_has_a_quick_variant(tiny_gpt2, tmp_path, capsys,
+                                                                   monkeypatch):
+    from lmtune.cli.train import demo_plan
+    from lmtune.config import DemoConfig
+    from lmtune.config.defaults import DEMO_MINUTES
+
+    text = demo_plan(DemoConfig(), 3.0, "Joke:")
+    assert f"{DEMO_MINUTES['full']} minutes on a quiet 2-core CPU" in text
+    assert "lmtune demo --quick" in text
+    assert f"{DEMO_MINUTES['quick']} minutes" in demo_plan(DemoConfig(quick=True), 1.0, "Joke:")
+    assert f"about {DEMO_MINUTES['full'].split()[-1]} minutes" in README.read_text()
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home"))
+    code, out, err = run_cli(capsys, ["demo", "--quick", "--model", tiny_gpt2, "--out",
+                                      tmp_path / "demo"])
+    assert code == 0, err
+    assert "plan: 4 samples before, 1 pass of training" in out
+    assert "=== AFTER fine-tuning" in out
+    assert (tmp_path / "demo" / "final").is_dir()

@@ -16,7 +16,7 @@ from lmtune.config import TrainConfig
 from lmtune.cli.parser import build_parser
 from lmtune.cli.progress import StageBars
 from lmtune.errors import Stopped, UserError, stop_on_signals
-from lmtune.progress import listening
+from lmtune.progress import listening, stage
 
 
 def _quiet_libraries() -> None:
@@ -30,6 +30,16 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def _start_libraries(threads: int | None) -> None:
+    """torch and transformers, imported before the command's own work, as a stage: they take
+    seconds (3-8 s on a 2-core CPU), and a command must not sit silent meanwhile."""
+    with stage("starting (loading torch and transformers)"):
+        from lmtune.device import set_threads
+        if threads is not None:
+            set_threads(threads)
+        import transformers  # noqa: F401
 
 
 def run() -> None:
@@ -73,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = train_config(values, args.config)
         else:
             cfg = config_mod.build(args._cls, values, args.config)
-        if getattr(cfg, "threads", None) is not None:  # commands that run a model
-            from lmtune.device import set_threads
-            set_threads(cfg.threads)
         with listening(bars):  # every stage of the library drawn on stderr
+            if hasattr(cfg, "threads"):  # a command that runs a model
+                _start_libraries(cfg.threads)
             return getattr(importlib.import_module(module), func)(cfg) or 0
     except UserError as e:
         _print_error(e)

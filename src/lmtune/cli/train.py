@@ -42,10 +42,10 @@ def cmd_demo(args: DemoConfig) -> int:
     from lmtune.cli.console import TrainConsole
     from lmtune.demo import PROMPT, run_demo
 
-    print(f"Fine-tuning {args.model or 'the default model (SmolLM2-135M-Instruct)'} on the "
-          f"jokes that pyjokes ships; prompt: {PROMPT!r}", flush=True)
+    epochs = 1.0 if args.quick else args.epochs
+    print(demo_plan(args, epochs, PROMPT), flush=True)
     with TrainConsole() as console:
-        result = run_demo(out=args.out, epochs=args.epochs, model=args.model, on_event=console,
+        result = run_demo(out=args.out, epochs=epochs, model=args.model, on_event=console,
                           trust_remote_code=args.trust_remote_code,
                           allow_pickle=args.allow_pickle)
     for title, samples in (("BEFORE fine-tuning", result.before),
@@ -57,6 +57,21 @@ def cmd_demo(args: DemoConfig) -> int:
     print(f"\nrun folder: {result.train.out}  (data: {result.data})")
     print(f"more: lmtune generate {result.train.out} --prompt {PROMPT!r} -n 8")
     return 0
+
+
+def demo_plan(args: DemoConfig, epochs: float, prompt: str) -> str:
+    """What the demo will do and how long it takes, before it starts."""
+    from lmtune.config.defaults import DEMO_EPOCHS, DEMO_MINUTES
+
+    usual = args.model is None and epochs in (1.0, DEMO_EPOCHS)
+    took = DEMO_MINUTES["quick" if epochs == 1.0 else "full"]
+    when = (f"{took} minutes on a quiet 2-core CPU" if usual else "a while")
+    faster = " (lmtune demo --quick: one pass)" if usual and epochs != 1.0 else ""
+    return (f"Fine-tuning {args.model or 'the default model (SmolLM2-135M-Instruct)'} on the "
+            f"jokes that pyjokes ships; prompt: {prompt!r}\n"
+            f"plan: 4 samples before, {epochs:g} pass{'es' if epochs != 1 else ''} of training "
+            f"with samples along the way, 4 samples after; {when}{faster}. The training bar "
+            f"shows the time left on this machine.")
 
 
 def print_dry_run(result) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmtune.config.defaults import (DATA_FORMATS, DEFAULT_MODEL, DEVICES, MAX_BLOCK,
-                                    PRECISIONS, TOKENS_PER_EVAL_BATCH)
+from lmtune.config.defaults import (DATA_FORMATS, DEFAULT_MODEL, DEMO_EPOCHS, DEMO_MINUTES,
+                                    DEVICES, MAX_BLOCK, PRECISIONS, TOKENS_PER_EVAL_BATCH)
 from lmtune.config.fields import (ALLOW_PICKLE_HELP, THREADS_HELP, TRUST_REMOTE_CODE_HELP,
                                   opt)
 from lmtune.config.train import DataOptions
@@ -87,7 +87,10 @@ class PrepareConfig(DataOptions):
 @dataclass
 class DemoConfig:
     out: str | None = opt(None, "Run folder (default: runs/pyjokes-en-<time>).")
-    epochs: float = opt(3.0, "Passes over the jokes.")
+    epochs: float = opt(DEMO_EPOCHS, "Passes over the jokes.")
+    quick: bool = opt(False, f"One pass over the jokes instead of {DEMO_EPOCHS:g}: "
+                      f"{DEMO_MINUTES['quick']} minutes instead of {DEMO_MINUTES['full']} on a "
+                      f"quiet 2-core CPU (measured, see the README).")
     model: str | None = opt(None, "Model to fine-tune (default: the embedded "
                             "SmolLM2-135M-Instruct).")
     threads: int | None = opt(None, THREADS_HELP)

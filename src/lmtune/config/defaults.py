@@ -38,6 +38,11 @@ EVALS_PER_RUN = 5       # validation passes in a run when --eval-every is not gi
 # of a 30M-parameter model took 2-3 s on a 2-core AVX2 EPYC, and a 75-s run wrote six, a
 # tenth of its time; a crash loses at most these minutes, a stop loses nothing.
 SAVE_MINUTES = 5.0
+# `lmtune demo`: passes over pyjokes' English jokes, and the whole command's minutes (model
+# conversion on first use included) measured on a quiet 2-core AMD EPYC (AVX2, fp32); the
+# README and --quick's help quote them.
+DEMO_EPOCHS = 3.0
+DEMO_MINUTES = {"full": "about 5", "quick": "about 2.5"}
 FREEZE_SHARE = 4        # --method freeze trains the top 1/FREEZE_SHARE of the blocks
 
 # Where each family keeps its projections; PEFT picks "all-linear" for other families.

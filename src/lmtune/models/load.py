@@ -77,7 +77,15 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
     """The model at `resolved.path` (without any adapter), as `auto_class` (default
     AutoModelForCausalLM; classification passes AutoModelForSequenceClassification with
     num_labels, id2label, label2id and pad_token_id as `config_overrides`). Weights come from
-    safetensors unless `allow_pickle` (see trust.py)."""
+    safetensors unless `allow_pickle` (see trust.py). A stage from the first import on: on a
+    slow disk or CPU the imports and the weights took tens of seconds with nothing shown."""
+    with stage(f"loading {resolved.spec}"):
+        return _load_base(resolved, dtype, trust_remote_code, attn_implementation, auto_class,
+                          allow_pickle, config_overrides)
+
+
+def _load_base(resolved, dtype, trust_remote_code, attn_implementation, auto_class,
+               allow_pickle, config_overrides):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -91,7 +99,7 @@ def load_base(resolved: Resolved, *, dtype=None, trust_remote_code: bool = False
     # use_safetensors=True: transformers never falls back to a pickle it finds next to them.
     kwargs = dict(dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
                   use_safetensors=None if allow_pickle else True, **config_overrides)
-    with reading("model", resolved.path), stage(f"loading {resolved.spec}"):
+    with reading("model", resolved.path):
         try:
             return auto_class.from_pretrained(resolved.path, attn_implementation=
                                               attn_implementation, **kwargs)
