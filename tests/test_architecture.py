@@ -21,7 +21,7 @@ LAYERS = [
     ["api"],
     ["serving"],
     ["training"],
-    ["analysis"],
+    ["analysis", "deploy"],
     ["tasks"],
     ["models"],
     ["run", "data", "fast"],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lmtune.errors import UserError
 from lmtune.version import __version__
 
-_API = ("train", "generate", "load", "merge", "predict", "load_classifier",
+_API = ("train", "generate", "load", "merge", "export", "predict", "load_classifier",
         "evaluate_classifier", "evaluate_model", "compare", "diff", "write_report",
         "inspect_data", "check_memorization", "prepare_data", "serve")
 
@@ -25,7 +25,8 @@ __all__ = [*_API, "UserError", "__version__"]
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time __getattr__ loads them
     from lmtune.api import (check_memorization, compare, diff, evaluate_classifier,  # noqa
-                            evaluate_model, generate, inspect_data, load, load_classifier,
+                            evaluate_model, export, generate, inspect_data, load,
+                            load_classifier,
                             merge, predict, prepare_data, serve, train, write_report)
 
 

@@ -113,6 +113,20 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
 
 
 @_quiet
+def export(run: str, out: str, *, format: str = "gguf", type: str = "f16",
+           trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Write a run (a LoRA run merged first) or model folder as a GGUF file: an
+    ExportResult with the path, architecture, type, tensor count and size."""
+    from lmtune.deploy.gguf import export_gguf
+
+    if format != "gguf":
+        from lmtune.errors import UserError
+        raise UserError(f"format {format!r} is not one lmtune exports", hint="format='gguf'")
+    return export_gguf(str(run), str(out), type=type, trust_remote_code=trust_remote_code,
+                       allow_pickle=allow_pickle)
+
+
+@_quiet
 def serve(*models, on_event: Callable[[str, dict], None] | None = None, **options) -> None:
     """Serve models and runs over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C;
     `options` are the `lmtune serve` flags with underscores (see ServeConfig)."""

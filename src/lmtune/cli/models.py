@@ -44,6 +44,20 @@ def cmd_merge(cfg: MergeConfig) -> int:
     return 0
 
 
+def cmd_export(cfg) -> int:
+    from lmtune.deploy.gguf import export_gguf
+
+    if not cfg.run or not cfg.out:
+        raise UserError("export needs a run folder and --out",
+                        hint="lmtune export RUN --out model.gguf [--type q8_0]")
+    result = export_gguf(cfg.run, cfg.out, type=cfg.type,
+                         trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    print(f"wrote {result.out} ({result.architecture}, {result.type}, {result.tensors} tensors, "
+          f"{result.bytes / 1e6:.1f} MB)")
+    print(f"try it: llama-cli -m {result.out} -p '...'")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # generate --check-memorization
 

@@ -10,8 +10,8 @@ import difflib
 from typing import Any
 
 from lmtune import config as config_mod
-from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, GenerateConfig,
-                           InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
+from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, ExportConfig,
+                           GenerateConfig, InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
                            ReportConfig, ServeConfig, TrainConfig)
 
 
@@ -65,6 +65,8 @@ COMMANDS: list[tuple[str, type, str, str]] = [
      "lmtune.cli.models:cmd_generate"),
     ("merge", MergeConfig, "Merge a LoRA run into its base as a standalone model.",
      "lmtune.cli.models:cmd_merge"),
+    ("export", ExportConfig, "Write a run as a GGUF file for llama.cpp, Ollama and LM Studio.",
+     "lmtune.cli.models:cmd_export"),
     ("data prepare", PrepareConfig, "Tokenize a corpus once into the token cache that train "
                                     "reads (memory-mapped, keyed by content and tokenizer).",
      "lmtune.cli.data:cmd_prepare"),

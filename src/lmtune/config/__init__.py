@@ -10,7 +10,8 @@ and the resolved value is what a run saves.
 """
 
 from lmtune.config.commands import (CompareConfig, DemoConfig, DiffConfig, EvalConfig,
-                                    GenerateConfig, InspectConfig, MergeConfig, PredictConfig,
+                                    ExportConfig, GenerateConfig, InspectConfig, MergeConfig,
+                                    PredictConfig,
                                     PrepareConfig, ReportConfig, ServeConfig)
 from lmtune.config.defaults import (CLASS_WEIGHTS, DEFAULT_LR, DEFAULT_MODEL, DEVICES, METHODS,
                                     PRECISIONS, SCHEDULES, TASKS)
@@ -22,7 +23,7 @@ from lmtune.config.train import (ONE_SHOT_ACTIONS, RESOLVED_AT_START, DataOption
 
 __all__ = [
     "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "GenerateConfig",
-    "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
+    "ExportConfig", "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
     "ServeConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
     "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
     "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",

@@ -1,0 +1,248 @@
+"""A run (or any model folder) as one GGUF file that llama.cpp, Ollama and LM Studio load,
+written in pure Python with the `gguf` package: no compiler, no llama.cpp checkout.
+
+What llama.cpp reads is mirrored from its own converter (convert_hf_to_gguf.py):
+- GPT-2: Conv1D weights (c_attn, c_proj, c_fc) transposed to (out, in); the attention mask
+  buffers dropped; the output head written as a copy of the tied token embedding.
+- Llama family: q_proj and k_proj permuted from transformers' rotary layout to llama.cpp's
+  (grouped KV heads permute with the KV head count); a tied head is not written (llama.cpp
+  reads the token embedding); rope scaling is refused for now.
+- The tokenizer: byte-level BPE only (tokens, token types, merges), with the pre-tokenizer
+  named explicitly; BOS is added at the start of a prompt, as lmtune trained every example to
+  start with it. Anything llama.cpp would read differently is refused, not written.
+A LoRA run is merged first (models.merge's numerically checked merge, in memory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmtune.atomic import write_file
+from lmtune.data.tokenize import start_token_id
+from lmtune.errors import UserError
+from lmtune.models.load import load
+from lmtune.progress import iterate, stage
+from lmtune.version import __version__
+
+# --type -> (the file type llama.cpp records, the tensor type of 2-D weights)
+TYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"),
+         "bf16": ("MOSTLY_BF16", "BF16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0")}
+ARCHS = {"gpt2": "GPT2", "llama": "LLAMA"}
+# tokenizer.json pre-tokenizers llama.cpp knows, by the name it gives them (llama-vocab.cpp).
+GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+            "use_regex": True}
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    architecture: str
+    type: str
+    tensors: int
+    bytes: int
+
+
+def export_gguf(model: str, out: str, *, type: str = "f16", trust_remote_code: bool = False,
+                allow_pickle: bool = False) -> ExportResult:
+    import gguf
+
+    if type not in TYPES:
+        raise UserError(f"--type {type} is not one lmtune writes",
+                        hint=f"one of {', '.join(TYPES)}")
+    target = Path(out)
+    if target.exists():
+        raise UserError(f"--out {target} already exists", hint="pass a new file name")
+    if not target.parent.is_dir():
+        raise UserError(f"the folder {target.parent} does not exist",
+                        hint="create it first, or pass --out inside an existing folder")
+    hf, tokenizer, resolved = load(model, dtype=torch.float32, merge=True,
+                                   trust_remote_code=trust_remote_code,
+                                   allow_pickle=allow_pickle)
+    cfg = hf.config
+    arch = ARCHS.get(cfg.model_type)
+    if arch is None:
+        raise UserError(f"GGUF export supports GPT-2 and Llama-family models, not "
+                        f"{cfg.model_type}", hint="merge the run (lmtune merge) and convert "
+                                                  "it with llama.cpp's convert_hf_to_gguf.py")
+    vocab = _vocab(tokenizer, cfg.vocab_size)  # refuses what llama.cpp would misread
+    file_type, tensor_type = TYPES[type]
+    tensors = list(_tensors(hf, cfg, arch))
+
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch]])
+        _metadata(writer, cfg, arch, resolved, getattr(gguf.LlamaFileType, file_type))
+        _tokenizer_metadata(writer, tokenizer, vocab)
+        for name, data in iterate(tensors, f"writing {target.name}", unit="tensor"):
+            _add_tensor(writer, gguf, name, data, tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    with stage(f"exporting {model} to GGUF ({type})"):
+        write_file(target, write)
+    return ExportResult(out=target, architecture=cfg.model_type, type=type,
+                        tensors=len(tensors), bytes=target.stat().st_size)
+
+
+def _metadata(writer, cfg, arch: str, resolved, file_type) -> None:
+    info = resolved.info or {}
+    writer.add_type("model")
+    writer.add_name(Path(str(resolved.spec)).name or "model")
+    if info.get("base_model"):
+        writer.add_base_model_count(1)
+        writer.add_base_model_name(0, str(info["base_model"]))
+    writer.add_string("general.tool", f"lmtune {__version__}")
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(2)
+    if arch == "GPT2":
+        writer.add_context_length(cfg.n_positions)
+        writer.add_embedding_length(cfg.n_embd)
+        writer.add_block_count(cfg.n_layer)
+        writer.add_feed_forward_length(cfg.n_inner or 4 * cfg.n_embd)
+        writer.add_head_count(cfg.n_head)
+        writer.add_layer_norm_eps(cfg.layer_norm_epsilon)
+        return
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+    if kind not in (None, "default"):
+        raise UserError(f"this model uses {kind} rope scaling, which lmtune's GGUF export does "
+                        f"not write yet", hint="convert the merged model with llama.cpp's "
+                                               "convert_hf_to_gguf.py")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads or cfg.num_attention_heads)
+    writer.add_rope_freq_base(_rope_theta(cfg))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+
+
+def _rope_theta(cfg) -> float:
+    theta = getattr(cfg, "rope_theta", None)
+    if theta is None:  # transformers 5 keeps it in rope_parameters
+        params = getattr(cfg, "rope_parameters", None) or {}
+        theta = params.get("rope_theta", 10000.0) if isinstance(params, dict) else 10000.0
+    return float(theta)
+
+
+def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """transformers' rotary layout (halves) -> llama.cpp's (interleaved pairs), per head."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _tensors(model, cfg, arch: str):
+    """(GGUF name, tensor) for every weight llama.cpp reads, in llama.cpp's layout."""
+    import gguf
+
+    n_blocks = cfg.n_layer if arch == "GPT2" else cfg.num_hidden_layers
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch], n_blocks)
+    tied = getattr(cfg, "tie_word_embeddings", True)
+    for hf_name, w in model.state_dict().items():
+        if hf_name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
+            continue  # buffers, not weights
+        if hf_name == "lm_head.weight" and tied:
+            continue  # GPT-2 gets a copy below; Llama reads the token embedding
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"no GGUF name for the weight {hf_name}",
+                            hint="this model has weights llama.cpp's architecture lacks")
+        w = w.detach()
+        if arch == "GPT2" and hf_name.endswith((".c_attn.weight", ".c_proj.weight",
+                                                ".c_fc.weight")):
+            w = w.T  # Conv1D keeps (in, out)
+        if arch == "LLAMA" and hf_name.endswith("q_proj.weight"):
+            w = _permute(w, cfg.num_attention_heads)
+        if arch == "LLAMA" and hf_name.endswith("k_proj.weight"):
+            w = _permute(w, cfg.num_key_value_heads or cfg.num_attention_heads)
+        yield name, w
+        if arch == "GPT2" and name == "token_embd.weight":
+            yield "output.weight", w
+
+
+def _add_tensor(writer, gguf, name: str, w: torch.Tensor, tensor_type: str) -> None:
+    data = w.float().contiguous().numpy()
+    kind = gguf.GGMLQuantizationType[tensor_type]
+    if data.ndim < 2 or tensor_type == "F32":
+        writer.add_tensor(name, data.astype(np.float32))  # norms and biases stay fp32
+        return
+    if tensor_type == "F16":
+        writer.add_tensor(name, data.astype(np.float16))
+        return
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    if data.shape[-1] % block:  # rows that do not fill whole blocks: f16, as llama.cpp does
+        writer.add_tensor(name, data.astype(np.float16))
+        return
+    writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+
+
+@dataclass
+class _Vocab:
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    pre: str
+
+
+def _vocab(tokenizer, vocab_size: int) -> _Vocab:
+    import gguf
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError("GGUF export needs a fast (tokenizer.json) tokenizer")
+    spec = json.loads(backend.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or model.get("byte_fallback") \
+            or spec.get("pre_tokenizer") != GPT2_PRE:
+        raise UserError("GGUF export supports byte-level BPE tokenizers of the GPT-2 kind "
+                        "(GPT-2, SmolLM2); this model's tokenizer is another kind, which "
+                        "llama.cpp would split differently",
+                        hint="merge the run (lmtune merge) and convert it with llama.cpp's "
+                             "convert_hf_to_gguf.py")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:  # the embedding has rows no token uses
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if token in special else
+                         gguf.TokenType.USER_DEFINED if token in added else
+                         gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return _Vocab(tokens, [int(t) for t in types], merges, "gpt-2")
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab: _Vocab) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges(vocab.merges)
+    # Every example lmtune trained on starts with this token (BOS, else EOS), so llama.cpp
+    # adds it before a prompt too.
+    writer.add_bos_token_id(start_token_id(tokenizer))
+    writer.add_add_bos_token(True)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_add_eos_token(False)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.unk_token_id is not None:
+        writer.add_unk_token_id(tokenizer.unk_token_id)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        writer.add_chat_template(template)
