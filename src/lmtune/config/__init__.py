@@ -22,8 +22,8 @@ from lmtune.config.train import (ONE_SHOT_ACTIONS, RESOLVED_AT_START, DataOption
                                  refuse, saved_form)
 
 __all__ = [
-    "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "GenerateConfig",
-    "ExportConfig", "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
+    "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "ExportConfig", "GenerateConfig",
+    "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
     "ServeConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
     "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
     "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",
