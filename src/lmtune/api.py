@@ -115,15 +115,19 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
 @_quiet
 def export(run: str, out: str, *, format: str = "gguf", type: str = "f16",
            trust_remote_code: bool = False, allow_pickle: bool = False):
-    """Write a run (a LoRA run merged first) or model folder as a GGUF file: an
-    ExportResult with the path, architecture, type, tensor count and size."""
+    """Write a run (a LoRA run merged first) or model folder as a GGUF file (format "gguf":
+    an ExportResult with the path, architecture, type, tensor count and size) or as an Ollama
+    folder, the GGUF file and a Modelfile (format "ollama": an OllamaResult)."""
     from lmtune.deploy.gguf import export_gguf
+    from lmtune.deploy.ollama import export_ollama
 
-    if format != "gguf":
+    writers = {"gguf": export_gguf, "ollama": export_ollama}
+    if format not in writers:
         from lmtune.errors import UserError
-        raise UserError(f"format {format!r} is not one lmtune exports", hint="format='gguf'")
-    return export_gguf(str(run), str(out), type=type, trust_remote_code=trust_remote_code,
-                       allow_pickle=allow_pickle)
+        raise UserError(f"format {format!r} is not one lmtune exports",
+                        hint="format='gguf' or 'ollama'")
+    return writers[format](str(run), str(out), type=type, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle)
 
 
 @_quiet

@@ -109,3 +109,46 @@ def test_the_cli_exports_and_says_what_it_wrote(full_run, tmp_path, capsys):
                                       "--type", "q8_0"])
     assert code == 0, err
     assert out.startswith(f"wrote {tmp_path / 'm.gguf'} (gpt2, q8_0, ")
+
+
+def _mean_loss(model, ids):
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+def test_q4_0_keeps_the_loss_within_ten_percent(full_run, tmp_path):
+    model, tok, _ = load(str(full_run.out))
+    text = "the cat sat on the mat\nthe dog sat on the park\nthe bird sat on the mat\n"
+    ids = torch.tensor([[0] + tok(text, add_special_tokens=False)["input_ids"]])
+    q4 = lmtune.export(full_run.out, tmp_path / "q4.gguf", type="q4_0").out
+    want, got = _mean_loss(model, ids), _mean_loss(_from_gguf(q4)[0], ids)
+    assert abs(got - want) / want < 0.10
+
+
+def test_an_ollama_folder_reproduces_the_training_format(tiny_gpt2, tmp_path, capsys):
+    data = tmp_path / "jokes.jsonl"
+    data.write_text("\n".join('{"joke": "the cat sat on the mat %d"}' % i for i in range(40)))
+    run = lmtune.train(data, model=str(tiny_gpt2), template="Joke: {joke}", method="lora",
+                       max_steps=2, block_size=64, precision="fp32", sample_every=0,
+                       out=str(tmp_path / "run"))
+    code, out, err = run_cli(capsys, ["export", run.out, "--format", "ollama", "--out",
+                                      tmp_path / "ollama", "--type", "q8_0"])
+    assert code == 0, err
+    text = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert text.splitlines() == ["FROM ./model.gguf", 'TEMPLATE """Joke: {{ .Prompt }}"""',
+                                 'PARAMETER stop "<|endoftext|>"', "PARAMETER num_ctx 64"]
+    assert (tmp_path / "ollama" / "model.gguf").is_file()
+    assert "ollama create NAME -f Modelfile" in out
+
+
+@pytest.mark.parametrize("info, template", [
+    ({}, "{{ .Prompt }}"),
+    ({"template": 'Quote by {author}: "{text}"'}, "Quote by {{ .Prompt }}"),
+    ({"prompt_template": "Q: {q}\nA:", "completion_template": " {a}"}, "Q: {{ .Prompt }}\nA:"),
+    ({"template": "{{literal}} {text}"}, "{literal} {{ .Prompt }}"),
+    ({"template": "{{{{x}}}} {text}"}, '{{ "{{" }}x}} {{ .Prompt }}'),  # Go's action braces
+])
+def test_the_modelfile_template_follows_the_run(info, template):
+    from lmtune.deploy.ollama import prompt_template
+
+    assert prompt_template(info) == template

@@ -45,16 +45,22 @@ def cmd_merge(cfg: MergeConfig) -> int:
 
 
 def cmd_export(cfg) -> int:
-    from lmtune.deploy.gguf import export_gguf
+    from lmtune.api import export
 
     if not cfg.run or not cfg.out:
         raise UserError("export needs a run folder and --out",
                         hint="lmtune export RUN --out model.gguf [--type q8_0]")
-    result = export_gguf(cfg.run, cfg.out, type=cfg.type,
-                         trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    print(f"wrote {result.out} ({result.architecture}, {result.type}, {result.tensors} tensors, "
-          f"{result.bytes / 1e6:.1f} MB)")
-    print(f"try it: llama-cli -m {result.out} -p '...'")
+    result = export(cfg.run, cfg.out, format=cfg.format, type=cfg.type,
+                    trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    gguf = result if cfg.format == "gguf" else result.gguf
+    print(f"wrote {gguf.out} ({gguf.architecture}, {gguf.type}, {gguf.tensors} tensors, "
+          f"{gguf.bytes / 1e6:.1f} MB)")
+    if cfg.format == "ollama":
+        print(f"wrote {result.out / 'Modelfile'}:")
+        print("  " + result.modelfile.rstrip().replace("\n", "\n  "))
+        print(f"try it: cd {result.out} && ollama create NAME -f Modelfile && ollama run NAME")
+    else:
+        print(f"try it: llama-cli -m {gguf.out} -p '...'")
     return 0
 
 

@@ -54,10 +54,12 @@ class ExportConfig:
     run: str = opt("", "Run folder (its final model; a LoRA run is merged first), checkpoint "
                    "or model folder to export.", positional=True)
     format: str = opt("gguf", "What to write: gguf, one file for llama.cpp, Ollama and LM "
-                      "Studio.", choices=["gguf"])
-    out: str = opt("", "The file to write; it must not exist yet.")
-    type: str = opt("f16", "Weight type: f32, f16, bf16 or q8_0 (8-bit, about half of f16's "
-                    "size); norms and biases stay f32.", choices=["f32", "f16", "bf16", "q8_0"])
+                      "Studio; ollama, a folder with that file and a Modelfile whose template "
+                      "and stop reproduce the run's training format.", choices=["gguf", "ollama"])
+    out: str = opt("", "The file (gguf) or folder (ollama) to write; it must not exist yet.")
+    type: str = opt("f16", "Weight type: f32, f16, bf16, q8_0 (8-bit, about half of f16's "
+                    "size) or q4_0 (4-bit); norms and biases stay f32.",
+                    choices=["f32", "f16", "bf16", "q8_0", "q4_0"])
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 

@@ -31,7 +31,8 @@ from lmtune.version import __version__
 
 # --type -> (the file type llama.cpp records, the tensor type of 2-D weights)
 TYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"),
-         "bf16": ("MOSTLY_BF16", "BF16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0")}
+         "bf16": ("MOSTLY_BF16", "BF16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0"),
+         "q4_0": ("MOSTLY_Q4_0", "Q4_0")}
 ARCHS = {"gpt2": "GPT2", "llama": "LLAMA"}
 # tokenizer.json pre-tokenizers llama.cpp knows, by the name it gives them (llama-vocab.cpp).
 GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
@@ -45,6 +46,7 @@ class ExportResult:
     type: str
     tensors: int
     bytes: int
+    eos_token: str  # the text of the end token: a stop for Ollama and llama.cpp's servers
 
 
 def export_gguf(model: str, out: str, *, type: str = "f16", trust_remote_code: bool = False,
@@ -87,7 +89,8 @@ def export_gguf(model: str, out: str, *, type: str = "f16", trust_remote_code: b
     with stage(f"exporting {model} to GGUF ({type})"):
         write_file(target, write)
     return ExportResult(out=target, architecture=cfg.model_type, type=type,
-                        tensors=len(tensors), bytes=target.stat().st_size)
+                        tensors=len(tensors), bytes=target.stat().st_size,
+                        eos_token=tokenizer.eos_token)
 
 
 def _metadata(writer, cfg, arch: str, resolved, file_type) -> None:
