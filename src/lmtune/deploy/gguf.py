@@ -76,14 +76,20 @@ def export_gguf(model: str, out: str, *, type: str = "f16", trust_remote_code: b
     tensors = list(_tensors(hf, cfg, arch))
 
     def write(tmp: Path) -> None:
+        # Streamed: every tensor's layout goes in the header first, then each is converted
+        # and written in turn, so memory holds the model and one converted tensor.
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch]])
         _metadata(writer, cfg, arch, resolved, getattr(gguf.LlamaFileType, file_type))
         _tokenizer_metadata(writer, tokenizer, vocab)
-        for name, data in iterate(tensors, f"writing {target.name}", unit="tensor"):
-            _add_tensor(writer, gguf, name, data, tensor_type)
+        kinds = [_kind(gguf, w, tensor_type) for _, w in tensors]
+        for (name, w), kind in zip(tensors, kinds):
+            writer.add_tensor_info(name, *_layout(gguf, w, kind, tensor_type), raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for (name, w), kind in iterate(list(zip(tensors, kinds)), f"writing {target.name}",
+                                       unit="tensor"):
+            writer.write_tensor_data(_convert(gguf, w, kind, tensor_type))
         writer.close()
 
     with stage(f"exporting {model} to GGUF ({type})"):
@@ -173,20 +179,45 @@ def _tensors(model, cfg, arch: str):
             yield "output.weight", w
 
 
-def _add_tensor(writer, gguf, name: str, w: torch.Tensor, tensor_type: str) -> None:
+def _half(w: torch.Tensor, tensor_type: str) -> bool:
+    """Written as f16: a matrix at --type f16, or one whose rows do not fill whole blocks of
+    a quantised type (as llama.cpp does); norms and biases stay f32 at every type."""
+    return w.dim() >= 2 and tensor_type not in ("F32", "BF16") and (
+        tensor_type == "F16" or not _fills_blocks(w, tensor_type))
+
+
+def _fills_blocks(w: torch.Tensor, tensor_type: str) -> bool:
+    import gguf
+
+    return w.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[tensor_type]][0] == 0
+
+
+def _kind(gguf, w: torch.Tensor, tensor_type: str):
+    """The quantised type a tensor is written in, or None for plain f16/f32."""
+    if w.dim() < 2 or tensor_type in ("F32", "F16") or (
+            tensor_type != "BF16" and not _fills_blocks(w, tensor_type)):
+        return None
+    return gguf.GGMLQuantizationType[tensor_type]
+
+
+def _layout(gguf, w: torch.Tensor, kind, tensor_type: str) -> tuple[list[int], np.dtype, int]:
+    """(shape as GGUFWriter takes it, numpy dtype, bytes) of a tensor as written: quantised
+    blocks are described by their byte shape (uint8), bf16 as uint16 words."""
+    shape = list(w.shape)
+    if kind is None:
+        dtype = np.dtype(np.float16 if _half(w, tensor_type) else np.float32)
+        return shape, dtype, w.numel() * dtype.itemsize
+    if kind == gguf.GGMLQuantizationType.BF16:
+        return shape, np.dtype(np.uint16), w.numel() * 2
+    byte_shape = list(gguf.quant_shape_to_byte_shape(shape, kind))
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape))
+
+
+def _convert(gguf, w: torch.Tensor, kind, tensor_type: str) -> np.ndarray:
     data = w.float().contiguous().numpy()
-    kind = gguf.GGMLQuantizationType[tensor_type]
-    if data.ndim < 2 or tensor_type == "F32":
-        writer.add_tensor(name, data.astype(np.float32))  # norms and biases stay fp32
-        return
-    if tensor_type == "F16":
-        writer.add_tensor(name, data.astype(np.float16))
-        return
-    block = gguf.GGML_QUANT_SIZES[kind][0]
-    if data.shape[-1] % block:  # rows that do not fill whole blocks: f16, as llama.cpp does
-        writer.add_tensor(name, data.astype(np.float16))
-        return
-    writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+    if kind is not None:
+        return gguf.quants.quantize(data, kind)
+    return data.astype(np.float16 if _half(w, tensor_type) else np.float32)
 
 
 @dataclass

@@ -1,0 +1,58 @@
+"""llama.cpp itself reads the exported files (llama-cpp-python, built once per machine by
+`.ci/run`; see the README): the same greedy tokens as lmtune's own generation, and a run
+trained to end its lines stops on its own there too."""
+
+from __future__ import annotations
+
+import torch
+
+import lmtune
+from lmtune.models.generate import encode_prompt
+from lmtune.models.load import load
+
+
+def _llama_cpp(path, n_ctx: int = 128):
+    from llama_cpp import Llama  # a test dependency: .ci/run builds it once and caches it
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=1, verbose=False, seed=0)
+
+
+def _greedy_cpp(llm, ids: list[int], n: int) -> list[int]:
+    out = []
+    for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0,
+                              reset=True):
+        if token == llm.token_eos() or len(out) == n:
+            break
+        out.append(token)
+    return out
+
+
+def _greedy_lmtune(model, ids: list[int], eos: int, n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos)[0, len(ids):].tolist()
+    return out[:out.index(eos)] if eos in out else out
+
+
+def test_llama_cpp_generates_the_runs_tokens_and_stops(full_run, tmp_path):
+    path = lmtune.export(full_run.out, tmp_path / "run.gguf", type="f16").out
+    model, tok, _ = load(str(full_run.out))
+    ids = encode_prompt(tok, "the cat")
+    llm = _llama_cpp(path)
+    assert llm.tokenize(b"the cat", add_bos=True, special=False) == ids
+    want = _greedy_lmtune(model, ids, tok.eos_token_id, 32)
+    got = _greedy_cpp(llm, ids, 32)
+    assert got == want
+    assert len(got) < 32  # ended on the end token, as the run learned
+
+
+def test_llama_cpp_runs_the_default_model_exported_to_q8_0(tmp_path):
+    path = lmtune.export("smollm2-135m", tmp_path / "smollm2.gguf", type="q8_0").out
+    model, tok, _ = load("smollm2-135m")
+    ids = encode_prompt(tok, "The capital of France is")
+    llm = _llama_cpp(path)
+    assert llm.tokenize("The capital of France is".encode(), add_bos=True) == ids
+    want = _greedy_lmtune(model, ids, tok.eos_token_id, 32)
+    got = _greedy_cpp(llm, ids, 32)
+    n = min(32, len(want))
+    assert n >= 8 and sum(a == b for a, b in zip(got, want)) >= 28 * n / 32
