@@ -89,16 +89,16 @@ def test_bad_exports_are_one_clean_error_and_write_nothing(tiny_gpt2, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.gguf"]
 
 
-def test_an_architecture_it_cannot_write_is_refused(tmp_path):
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+def test_an_architecture_it_cannot_write_is_refused(tiny_gpt2, tmp_path):
+    from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
-    from conftest import _save, _tokenizer
-
-    tok = _tokenizer(bos=None)
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
     neo = GPTNeoForCausalLM(GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=2,
                                          attention_types=[[["global", "local"], 1]],
                                          vocab_size=len(tok), max_position_embeddings=128))
-    folder = _save(neo, tok, tmp_path / "neo")
+    folder = tmp_path / "neo"
+    neo.save_pretrained(folder)
+    tok.save_pretrained(folder)
     with pytest.raises(UserError, match="GPT-2 and Llama-family models, not gpt_neo"):
         lmtune.export(folder, tmp_path / "neo.gguf")
     assert not (tmp_path / "neo.gguf").exists()
