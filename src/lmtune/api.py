@@ -119,13 +119,14 @@ def export(run: str, out: str, *, format: str = "gguf", type: str = "f16",
     an ExportResult with the path, architecture, type, tensor count and size) or as an Ollama
     folder, the GGUF file and a Modelfile (format "ollama": an OllamaResult)."""
     from lmtune.deploy.gguf import export_gguf
+    from lmtune.deploy.gguf_lora import export_gguf_lora
     from lmtune.deploy.ollama import export_ollama
 
-    writers = {"gguf": export_gguf, "ollama": export_ollama}
+    writers = {"gguf": export_gguf, "ollama": export_ollama, "gguf-lora": export_gguf_lora}
     if format not in writers:
         from lmtune.errors import UserError
         raise UserError(f"format {format!r} is not one lmtune exports",
-                        hint="format='gguf' or 'ollama'")
+                        hint="format='gguf', 'ollama' or 'gguf-lora'")
     return writers[format](str(run), str(out), type=type, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle)
 

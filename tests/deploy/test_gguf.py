@@ -152,3 +152,14 @@ def test_the_modelfile_template_follows_the_run(info, template):
     from lmtune.deploy.ollama import prompt_template
 
     assert prompt_template(info) == template
+
+
+def test_gguf_lora_refuses_what_it_cannot_hold(full_run, lora_run, tmp_path, capsys):
+    code, out, err = run_cli(capsys, ["export", full_run.out, "--format", "gguf-lora",
+                                      "--out", tmp_path / "a.gguf", "--type", "f32"])
+    assert_clean_error(code, out, err, "holds a full model, not a LoRA adapter")
+    with pytest.raises(UserError, match="supports the Llama family, not gpt2"):
+        lmtune.export(lora_run.out, tmp_path / "b.gguf", format="gguf-lora", type="f32")
+    with pytest.raises(UserError, match="does not fit a LoRA adapter"):
+        lmtune.export(lora_run.out, tmp_path / "c.gguf", format="gguf-lora", type="q4_0")
+    assert list(tmp_path.iterdir()) == []

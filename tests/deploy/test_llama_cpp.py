@@ -56,3 +56,23 @@ def test_llama_cpp_runs_the_default_model_exported_to_q8_0(tmp_path):
     got = _greedy_cpp(llm, ids, 32)
     n = min(32, len(want))
     assert n >= 8 and sum(a == b for a, b in zip(got, want)) >= 28 * n / 32
+
+
+def test_a_gguf_lora_over_the_base_generates_what_the_merged_run_does(tiny_llama, tmp_path):
+    data = tmp_path / "lines.txt"
+    data.write_text("\n".join(["the cat sat on the mat", "a dog ran in the park"] * 30))
+    run = lmtune.train(data, model=str(tiny_llama), method="lora", split_on="\n",
+                       max_steps=30, lr=3e-2, block_size=64, precision="fp32",
+                       sample_every=0, out=str(tmp_path / "run"))
+    base = lmtune.export(tiny_llama, tmp_path / "base.gguf", type="f32").out
+    lora = lmtune.export(run.out, tmp_path / "lora.gguf", format="gguf-lora").out
+    merged, tok, _ = load(str(run.out), merge=True)
+    plain, _, _ = load(str(tiny_llama))
+    ids = encode_prompt(tok, "the cat")
+    want = _greedy_lmtune(merged, ids, tok.eos_token_id, 16)
+    assert want != _greedy_lmtune(plain, ids, tok.eos_token_id, 16)  # the adapter matters
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(base), lora_path=str(lora), n_ctx=128, n_threads=1,
+                verbose=False, seed=0)
+    assert _greedy_cpp(llm, ids, 16) == want

@@ -52,13 +52,16 @@ def cmd_export(cfg) -> int:
                         hint="lmtune export RUN --out model.gguf [--type q8_0]")
     result = export(cfg.run, cfg.out, format=cfg.format, type=cfg.type,
                     trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    gguf = result if cfg.format == "gguf" else result.gguf
+    gguf = result if cfg.format != "ollama" else result.gguf
     print(f"wrote {gguf.out} ({gguf.architecture}, {gguf.type}, {gguf.tensors} tensors, "
           f"{gguf.bytes / 1e6:.1f} MB)")
     if cfg.format == "ollama":
         print(f"wrote {result.out / 'Modelfile'}:")
         print("  " + result.modelfile.rstrip().replace("\n", "\n  "))
         print(f"try it: cd {result.out} && ollama create NAME -f Modelfile && ollama run NAME")
+    elif cfg.format == "gguf-lora":
+        print(f"try it: lmtune export BASE --out base.gguf, then llama-cli -m base.gguf "
+              f"--lora {gguf.out} -p '...'")
     else:
         print(f"try it: llama-cli -m {gguf.out} -p '...'")
     return 0

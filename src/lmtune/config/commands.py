@@ -55,7 +55,9 @@ class ExportConfig:
                    "or model folder to export.", positional=True)
     format: str = opt("gguf", "What to write: gguf, one file for llama.cpp, Ollama and LM "
                       "Studio; ollama, a folder with that file and a Modelfile whose template "
-                      "and stop reproduce the run's training format.", choices=["gguf", "ollama"])
+                      "and stop reproduce the run's training format; gguf-lora, a LoRA run's "
+                      "adapter alone, for llama.cpp's --lora over the base model's GGUF "
+                      "(Llama family).", choices=["gguf", "ollama", "gguf-lora"])
     out: str = opt("", "The file (gguf) or folder (ollama) to write; it must not exist yet.")
     type: str = opt("f16", "Weight type: f32, f16, bf16, q8_0 (8-bit, about half of f16's "
                     "size) or q4_0 (4-bit); norms and biases stay f32.",

@@ -144,7 +144,7 @@ def _rope_theta(cfg) -> float:
     return float(theta)
 
 
-def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+def permute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """transformers' rotary layout (halves) -> llama.cpp's (interleaved pairs), per head."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
@@ -171,9 +171,9 @@ def _tensors(model, cfg, arch: str):
                                                 ".c_fc.weight")):
             w = w.T  # Conv1D keeps (in, out)
         if arch == "LLAMA" and hf_name.endswith("q_proj.weight"):
-            w = _permute(w, cfg.num_attention_heads)
+            w = permute_rotary(w, cfg.num_attention_heads)
         if arch == "LLAMA" and hf_name.endswith("k_proj.weight"):
-            w = _permute(w, cfg.num_key_value_heads or cfg.num_attention_heads)
+            w = permute_rotary(w, cfg.num_key_value_heads or cfg.num_attention_heads)
         yield name, w
         if arch == "GPT2" and name == "token_embd.weight":
             yield "output.weight", w
