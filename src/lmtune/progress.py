@@ -76,10 +76,6 @@ def listening(listener: Listener | None) -> Iterator[None]:
         _listener.reset(token)
 
 
-def listener() -> Listener | None:
-    return _listener.get()
-
-
 def check_callback(callback, name: str = "on_event") -> None:
     """A callback must take (event, data): refuse one that cannot, before any work, rather
     than failing with a TypeError after the model has loaded."""

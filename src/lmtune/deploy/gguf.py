@@ -25,7 +25,8 @@ import torch
 from lmtune.atomic import write_file
 from lmtune.data.tokenize import start_token_id
 from lmtune.errors import UserError
-from lmtune.models.load import load
+from lmtune.models.load import load, peek_config
+from lmtune.models.resolve import resolve
 from lmtune.progress import iterate, stage
 from lmtune.version import __version__
 
@@ -62,15 +63,17 @@ def export_gguf(model: str, out: str, *, type: str = "f16", trust_remote_code: b
     if not target.parent.is_dir():
         raise UserError(f"the folder {target.parent} does not exist",
                         hint="create it first, or pass --out inside an existing folder")
+    # The architecture is checked from the config alone, before any weight loads.
+    model_type = peek_config(resolve(model), trust_remote_code).model_type
+    arch = ARCHS.get(model_type)
+    if arch is None:
+        raise UserError(f"GGUF export supports GPT-2 and Llama-family models, not "
+                        f"{model_type}", hint="merge the run (lmtune merge) and convert "
+                                              "it with llama.cpp's convert_hf_to_gguf.py")
     hf, tokenizer, resolved = load(model, dtype=torch.float32, merge=True,
                                    trust_remote_code=trust_remote_code,
                                    allow_pickle=allow_pickle)
     cfg = hf.config
-    arch = ARCHS.get(cfg.model_type)
-    if arch is None:
-        raise UserError(f"GGUF export supports GPT-2 and Llama-family models, not "
-                        f"{cfg.model_type}", hint="merge the run (lmtune merge) and convert "
-                                                  "it with llama.cpp's convert_hf_to_gguf.py")
     vocab = _vocab(tokenizer, cfg.vocab_size)  # refuses what llama.cpp would misread
     file_type, tensor_type = TYPES[type]
     tensors = list(_tensors(hf, cfg, arch))
