@@ -113,22 +113,27 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
 
 
 @_quiet
-def export(run: str, out: str, *, format: str = "gguf", type: str = "f16",
+def export(run: str, out: str, *, format: str = "gguf", type: str | None = None,
            trust_remote_code: bool = False, allow_pickle: bool = False):
-    """Write a run (a LoRA run merged first) or model folder as a GGUF file (format "gguf":
-    an ExportResult with the path, architecture, type, tensor count and size) or as an Ollama
-    folder, the GGUF file and a Modelfile (format "ollama": an OllamaResult)."""
+    """Write a run (a LoRA run merged first) or model folder for where people run models:
+    format "gguf" (one file for llama.cpp, Ollama, LM Studio: an ExportResult with the path,
+    architecture, type, tensor count and size), "ollama" (that file and a Modelfile: an
+    OllamaResult), "gguf-lora" (a LoRA run's adapter alone) or "vllm" (a folder and the
+    `vllm serve` command: a VllmResult). `type` defaults per format (see ExportConfig)."""
     from lmtune.deploy.gguf import export_gguf
     from lmtune.deploy.gguf_lora import export_gguf_lora
     from lmtune.deploy.ollama import export_ollama
+    from lmtune.deploy.vllm import export_vllm
 
-    writers = {"gguf": export_gguf, "ollama": export_ollama, "gguf-lora": export_gguf_lora}
+    writers = {"gguf": export_gguf, "ollama": export_ollama, "gguf-lora": export_gguf_lora,
+               "vllm": export_vllm}
     if format not in writers:
         from lmtune.errors import UserError
         raise UserError(f"format {format!r} is not one lmtune exports",
-                        hint="format='gguf', 'ollama' or 'gguf-lora'")
-    return writers[format](str(run), str(out), type=type, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle)
+                        hint="format='gguf', 'ollama', 'gguf-lora' or 'vllm'")
+    typed = {} if type is None else {"type": type}
+    return writers[format](str(run), str(out), trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle, **typed)
 
 
 @_quiet

@@ -52,6 +52,13 @@ def cmd_export(cfg) -> int:
                         hint="lmtune export RUN --out model.gguf [--type q8_0]")
     result = export(cfg.run, cfg.out, format=cfg.format, type=cfg.type,
                     trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    if cfg.format == "vllm":
+        if result.note:
+            print(result.note)
+        what = "LoRA adapter" if result.kind == "adapter" else "model folder"
+        print(f"wrote {result.out} (a {what} for vLLM)")
+        print(f"serve it: {result.command}")
+        return 0
     gguf = result if cfg.format != "ollama" else result.gguf
     print(f"wrote {gguf.out} ({gguf.architecture}, {gguf.type}, {gguf.tensors} tensors, "
           f"{gguf.bytes / 1e6:.1f} MB)")

@@ -57,11 +57,16 @@ class ExportConfig:
                       "Studio; ollama, a folder with that file and a Modelfile whose template "
                       "and stop reproduce the run's training format; gguf-lora, a LoRA run's "
                       "adapter alone, for llama.cpp's --lora over the base model's GGUF "
-                      "(Llama family).", choices=["gguf", "ollama", "gguf-lora"])
-    out: str = opt("", "The file (gguf) or folder (ollama) to write; it must not exist yet.")
-    type: str = opt("f16", "Weight type: f32, f16, bf16, q8_0 (8-bit, about half of f16's "
-                    "size) or q4_0 (4-bit); norms and biases stay f32.",
-                    choices=["f32", "f16", "bf16", "q8_0", "q4_0"])
+                      "(Llama family); vllm, a folder for vllm serve (a LoRA adapter where "
+                      "vLLM serves LoRA on the model, else a model folder), with the command "
+                      "printed.", choices=["gguf", "ollama", "gguf-lora", "vllm"])
+    out: str = opt("", "The file (gguf, gguf-lora) or folder (ollama, vllm) to write; it must "
+                   "not exist yet.")
+    type: str | None = opt(None, "Weight type: f32, f16, bf16, q8_0 (8-bit, about half of "
+                           "f16's size) or q4_0 (4-bit); norms and biases stay f32. Default: "
+                           "f16 for gguf, q8_0 for ollama, f32 for gguf-lora, bf16 for vllm "
+                           "(whose model folders take f32, f16 or bf16).",
+                           choices=["f32", "f16", "bf16", "q8_0", "q4_0"])
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
 
