@@ -4,9 +4,12 @@ trained to end its lines stops on its own there too."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import lmtune
+from conftest import llama3_tokenizer, llama_folder, sentencepiece_tokenizer
+from lmtune.errors import UserError
 from lmtune.models.generate import encode_prompt
 from lmtune.models.load import load
 
@@ -76,3 +79,51 @@ def test_a_gguf_lora_over_the_base_generates_what_the_merged_run_does(tiny_llama
     llm = Llama(model_path=str(base), lora_path=str(lora), n_ctx=128, n_threads=1,
                 verbose=False, seed=0)
     assert _greedy_cpp(llm, ids, 16) == want
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+TEXTS = ["the cat sat on the mat", "  two  spaces and a\nnew line", "café ☃ naïve 12345",
+         "WHY DID THE PROGRAMMER QUIT? because he didn't get arrays"]
+
+
+@pytest.mark.parametrize("make_tokenizer", [sentencepiece_tokenizer, llama3_tokenizer])
+def test_llama_cpp_reads_other_tokenizers_and_llama3_rope_as_transformers_does(
+        make_tokenizer, tmp_path):
+    """SentencePiece-style (Llama 2, TinyLlama) and Llama 3 tokenizers split text in
+    llama.cpp as in transformers, and Llama 3's rope scaling (here from position 16 on, so
+    that a 2-layer model feels it) gives the same logits."""
+    folder = llama_folder(tmp_path / "model", make_tokenizer(), rope_scaling=LLAMA3_ROPE)
+    path = lmtune.export(folder, tmp_path / "m.gguf", type="f32").out
+    model, tok, _ = load(str(folder))
+    llm = _llama_cpp(path)
+    for text in TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == \
+            encode_prompt(tok, text), text
+    ids = encode_prompt(tok, " ".join(TEXTS))
+    assert len(ids) > 24
+    scored = _llama_cpp_logits(path, ids)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0]
+    error = (scored - want).abs().max().item()
+    unscaled = llama_folder(tmp_path / "unscaled", tok)  # the same weights, no rope scaling
+    with torch.no_grad():
+        plain = load(str(unscaled))[0](torch.tensor([ids])).logits[0]
+    effect = (plain - want).abs().max().item()
+    assert error < 1e-3 and effect > 10 * error, (error, effect)  # it sees the scaling
+
+
+def _llama_cpp_logits(path, ids: list[int]) -> torch.Tensor:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
+    llm.eval(ids)
+    return torch.tensor(llm.scores[:len(ids)])
+
+
+def test_a_dynamic_rope_scaling_is_refused(tmp_path):
+    folder = llama_folder(tmp_path / "model", sentencepiece_tokenizer(),
+                          rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(UserError, match="dynamic rope scaling, which a GGUF file cannot hold"):
+        lmtune.export(folder, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

@@ -6,10 +6,12 @@ What llama.cpp reads is mirrored from its own converter (convert_hf_to_gguf.py):
   buffers dropped; the output head written as a copy of the tied token embedding.
 - Llama family: q_proj and k_proj permuted from transformers' rotary layout to llama.cpp's
   (grouped KV heads permute with the KV head count); a tied head is not written (llama.cpp
-  reads the token embedding); rope scaling is refused for now.
-- The tokenizer: byte-level BPE only (tokens, token types, merges), with the pre-tokenizer
-  named explicitly; BOS is added at the start of a prompt, as lmtune trained every example to
-  start with it. Anything llama.cpp would read differently is refused, not written.
+  reads the token embedding); linear and Llama 3 rope scaling as llama.cpp's rope_freqs.
+- The tokenizer: byte-level BPE (tokens, token types, merges) with its pre-tokenizer named
+  explicitly (GPT-2's or Llama 3's), or SentencePiece-style BPE with byte fallback (Llama 2,
+  TinyLlama, Mistral) as llama.cpp's "llama" tokenizer, each piece scored by its merge.
+  BOS is added at the start of a prompt, as lmtune trained every example to start with it.
+  Anything llama.cpp would read differently is refused, not written.
 A LoRA run is merged first (models.merge's numerically checked merge, in memory).
 """
 
@@ -120,12 +122,6 @@ def _metadata(writer, cfg, arch: str, resolved, file_type) -> None:
         writer.add_head_count(cfg.n_head)
         writer.add_layer_norm_eps(cfg.layer_norm_epsilon)
         return
-    rope = getattr(cfg, "rope_scaling", None) or {}
-    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
-    if kind not in (None, "default"):
-        raise UserError(f"this model uses {kind} rope scaling, which lmtune's GGUF export does "
-                        f"not write yet", hint="convert the merged model with llama.cpp's "
-                                               "convert_hf_to_gguf.py")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -145,6 +141,27 @@ def _rope_theta(cfg) -> float:
         params = getattr(cfg, "rope_parameters", None) or {}
         theta = params.get("rope_theta", 10000.0) if isinstance(params, dict) else 10000.0
     return float(theta)
+
+
+def rope_freqs(model, cfg) -> torch.Tensor | None:
+    """llama.cpp's rope_freqs tensor: the factor each rotary frequency is divided by, taken
+    from the frequencies the model itself uses (its rotary embedding's inv_freq) against the
+    unscaled ones, so every scaling that only rescales frequencies (linear, Llama 3's) is
+    written exactly as transformers computes it; None when nothing is scaled. Scalings that
+    change with the sequence length or scale attention (dynamic, YaRN, LongRoPE) have no
+    such fixed form and are refused."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    kind = getattr(rotary, "rope_type", "default")
+    if rotary is None or kind == "default":
+        return None
+    if kind not in ("linear", "llama3") or getattr(rotary, "attention_scaling", 1.0) != 1.0:
+        raise UserError(f"this model uses {kind} rope scaling, which a GGUF file cannot hold "
+                        f"as fixed frequency factors", hint="convert the merged model with "
+                                                            "llama.cpp's convert_hf_to_gguf.py")
+    scaled = rotary.inv_freq.detach().float().cpu()
+    dim = 2 * scaled.numel()
+    unscaled = 1.0 / (_rope_theta(cfg) ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    return unscaled / scaled
 
 
 def permute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -180,6 +197,9 @@ def _tensors(model, cfg, arch: str):
         yield name, w
         if arch == "GPT2" and name == "token_embd.weight":
             yield "output.weight", w
+    factors = rope_freqs(model, cfg) if arch == "LLAMA" else None
+    if factors is not None:
+        yield "rope_freqs.weight", factors
 
 
 def _half(w: torch.Tensor, tensor_type: str) -> bool:
@@ -225,10 +245,29 @@ def _convert(gguf, w: torch.Tensor, kind, tensor_type: str) -> np.ndarray:
 
 @dataclass
 class _Vocab:
+    model: str            # llama.cpp's tokenizer.ggml.model: "gpt2" (BPE) or "llama" (SPM)
     tokens: list[str]
     types: list[int]
-    merges: list[str]
-    pre: str
+    merges: list[str]     # "gpt2" only
+    scores: list[float]   # "llama" only: llama.cpp's SPM merges the best-scored pair first
+    pre: str              # the pre-tokenizer name llama.cpp splits text with before BPE
+
+
+# Byte-level BPE pre-tokenizers llama.cpp knows, as tokenizer.json writes them, by the name
+# llama.cpp gives them (llama-vocab.cpp). Llama 3's regex is copied from its tokenizer.json.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?"
+                r"[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+BPE_PRE = {
+    "gpt-2": GPT2_PRE,
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated",
+         "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+         "use_regex": False}]},
+}
+UNSUPPORTED = ("GGUF export supports byte-level BPE tokenizers (GPT-2, SmolLM2, Llama 3) and "
+               "SentencePiece-style BPE ones (Llama 2, TinyLlama, Mistral); this model's "
+               "tokenizer is {what}, which llama.cpp would split differently")
 
 
 def _vocab(tokenizer, vocab_size: int) -> _Vocab:
@@ -239,17 +278,32 @@ def _vocab(tokenizer, vocab_size: int) -> _Vocab:
         raise UserError("GGUF export needs a fast (tokenizer.json) tokenizer")
     spec = json.loads(backend.to_str())
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback") \
-            or spec.get("pre_tokenizer") != GPT2_PRE:
-        raise UserError("GGUF export supports byte-level BPE tokenizers of the GPT-2 kind "
-                        "(GPT-2, SmolLM2); this model's tokenizer is another kind, which "
-                        "llama.cpp would split differently",
-                        hint="merge the run (lmtune merge) and convert it with llama.cpp's "
-                             "convert_hf_to_gguf.py")
+    if model.get("type") != "BPE":
+        raise UserError(UNSUPPORTED.format(what=f"a {model.get('type')} model"),
+                        hint=_CONVERT_HINT)
+    if model.get("byte_fallback"):
+        kind, pre = "llama", "default"
+        if not _is_sentencepiece(spec):
+            raise UserError(UNSUPPORTED.format(what="byte-fallback BPE with another "
+                                                    "normalizer or pre-tokenizer"),
+                            hint=_CONVERT_HINT)
+    else:
+        kind = "gpt2"
+        pre = next((name for name, known in BPE_PRE.items()
+                    if spec.get("pre_tokenizer") == known), None)
+        # llama.cpp tokenizes Llama 3 with ignore_merges (a word in the vocabulary is one
+        # token), GPT-2 without; a tokenizer.json that says otherwise would split differently.
+        if pre is None or spec.get("normalizer") is not None or \
+                bool(model.get("ignore_merges")) != (pre == "llama-bpe"):
+            raise UserError(UNSUPPORTED.format(what="byte-level BPE with a pre-tokenizer "
+                                                    "llama.cpp has no name for"),
+                            hint=_CONVERT_HINT)
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     added = {t.content for t in tokenizer.added_tokens_decoder.values()}
-    tokens, types = [], []
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    rank = _merge_ranks(merges) if kind == "llama" else {}
+    tokens, types, scores = [], [], []
     for i in range(vocab_size):
         token = by_id.get(i)
         if token is None:  # the embedding has rows no token uses
@@ -257,19 +311,63 @@ def _vocab(tokenizer, vocab_size: int) -> _Vocab:
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if token in special else
-                         gguf.TokenType.USER_DEFINED if token in added else
-                         gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return _Vocab(tokens, [int(t) for t in types], merges, "gpt-2")
+            types.append(_token_type(gguf, token, kind, special, added, model))
+        # A merged piece scores by its merge's rank (earlier merges first, as BPE applies
+        # them); single characters and bytes are never the result of a merge.
+        scores.append(-float(rank.get(tokens[-1], len(merges))))
+    return _Vocab(kind, tokens, [int(t) for t in types], merges if kind == "gpt2" else [],
+                  scores if kind == "llama" else [], pre)
+
+
+_CONVERT_HINT = ("merge the run (lmtune merge) and convert it with llama.cpp's "
+                 "convert_hf_to_gguf.py")
+
+
+def _is_sentencepiece(spec: dict) -> bool:
+    """The two ways tokenizer.json writes SentencePiece's treatment of spaces (a "▁" before
+    the text and for every space, the text split nowhere else): transformers' older
+    Prepend+Replace normalizer, or its newer Metaspace pre-tokenizer that does not split."""
+    norm, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    old = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    if norm == old and pre is None:
+        return True
+    return norm is None and isinstance(pre, dict) and pre.get("type") == "Metaspace" \
+        and pre.get("replacement") == "\u2581" and pre.get("split") is False \
+        and pre.get("prepend_scheme") in ("first", "always")
+
+
+def _merge_ranks(merges: list[str]) -> dict[str, int]:
+    ranks: dict[str, int] = {}
+    for i, merge in enumerate(merges):
+        ranks.setdefault(merge.replace(" ", "", 1), i)
+    return ranks
+
+
+def _token_type(gguf, token: str, kind: str, special: set, added: set, model: dict) -> int:
+    if token in special:
+        return gguf.TokenType.UNKNOWN if token == model.get("unk_token") else \
+            gguf.TokenType.CONTROL
+    if token in added:
+        return gguf.TokenType.USER_DEFINED
+    if kind == "llama" and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        return gguf.TokenType.BYTE  # SentencePiece's byte fallback pieces, <0x00>..<0xFF>
+    if kind == "llama" and token == model.get("unk_token"):
+        return gguf.TokenType.UNKNOWN
+    return gguf.TokenType.NORMAL
 
 
 def _tokenizer_metadata(writer, tokenizer, vocab: _Vocab) -> None:
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.model == "gpt2":
+        writer.add_token_merges(vocab.merges)
+    else:
+        writer.add_token_scores(vocab.scores)
+        writer.add_add_space_prefix(True)  # SentencePiece's "▁" before the text
     # Every example lmtune trained on starts with this token (BOS, else EOS), so llama.cpp
     # adds it before a prompt too.
     writer.add_bos_token_id(start_token_id(tokenizer))
