@@ -316,3 +316,22 @@ def test_sampler_draws_each_token_with_its_probability_within_top_p():
     for r in penalised:
         r.tokens = [0]
     assert set(next_tokens(logits.clone(), penalised)) == {1}
+
+
+def test_a_served_run_downloads_as_the_gguf_lmtune_export_writes(server, lora_run, tmp_path,
+                                                                 monkeypatch):
+    url, _, _ = server
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home"))
+    got = httpx.get(url + "/v1/models/lora/gguf", params={"type": "q8_0"}, timeout=120)
+    assert got.status_code == 200, got.text
+    assert 'filename="lora-q8_0.gguf"' in got.headers["content-disposition"]
+    want = lmtune.export(lora_run.out, tmp_path / "want.gguf", type="q8_0").out.read_bytes()
+    assert got.content == want
+    again = httpx.get(url + "/v1/models/lora/gguf?type=q8_0", timeout=120)
+    assert again.content == want  # from the cache, exported once
+    assert len(list((tmp_path / "home" / "exports").glob("*.gguf"))) == 1
+    for path, status, words in [("/v1/models/labels/gguf", 400, "text classifier"),
+                                ("/v1/models/nobody/gguf", 404, "not served here"),
+                                ("/v1/models/lora/gguf?type=q3_k", 400, "not one lmtune")]:
+        answer = httpx.get(url + path, timeout=60)
+        assert answer.status_code == status and words in answer.json()["error"]["message"]

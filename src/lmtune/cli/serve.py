@@ -25,7 +25,9 @@ def cmd_serve(cfg: ServeConfig) -> int:
                 print(data["warning"], file=sys.stderr)
             print(f"try: curl {data['url']}/v1/completions -H 'Content-Type: application/json' "
                   f"-d '{{\"model\": \"{next(iter(data['models']))}\", \"prompt\": \"Hello\", "
-                  f"\"max_tokens\": 20}}'", file=sys.stderr, flush=True)
+                  f"\"max_tokens\": 20}}'", file=sys.stderr)
+            print(f"GGUF for llama.cpp, Ollama or LM Studio: GET {data['url']}/v1/models/NAME"
+                  f"/gguf?type=q8_0 (exported on first request)", file=sys.stderr, flush=True)
         elif event == "draining":
             print(f"stopping: finishing {data['in_flight']} request(s) in flight; a second "
                   f"signal stops at once", file=sys.stderr, flush=True)

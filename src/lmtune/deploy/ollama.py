@@ -5,7 +5,9 @@ that writes in the trained format and stops where training taught it to.
 The Modelfile's TEMPLATE (Go template syntax, https://github.com/ollama/ollama/blob/main/
 docs/modelfile.md): the run's --prompt-template, or the part of its --template before the
 first field, with that field replaced by `{{ .Prompt }}`; plain text runs pass the prompt
-as it is. llama.cpp adds the start token itself (the GGUF says add_bos_token).
+as it is. A model folder that is not a run (a base or merged model) with a chat template gets
+that template in Go (ollama_chat.py). llama.cpp adds the start token itself (the GGUF says
+add_bos_token).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.atomic import new_folder
+from lmtune.data.tokenize import start_token_id
 from lmtune.deploy.gguf import ExportResult, export_gguf
 from lmtune.errors import UserError
+from lmtune.models.load import load_tokenizer
 from lmtune.models.resolve import resolve
 from lmtune.run.folder import RunFolder
 
@@ -29,6 +33,7 @@ class OllamaResult:
     out: Path
     gguf: ExportResult
     modelfile: str
+    note: str = ""
 
 
 def prompt_template(info: dict) -> str:
@@ -55,9 +60,39 @@ def _go_literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def modelfile(info: dict, stops: list[str], num_ctx: int | None) -> str:
-    lines = [f"FROM ./{MODEL_FILE}", f'TEMPLATE """{prompt_template(info)}"""']
-    for stop in dict.fromkeys(s for s in stops if s):
+@dataclass
+class Template:
+    text: str                  # the Modelfile's TEMPLATE
+    stops: list[str]           # stop strings the format needs besides the end token
+    note: str = ""             # a comment for the Modelfile's reader, or why prompts pass raw
+
+
+def choose_template(info: dict | None, tokenizer) -> Template:
+    """A run's training format where it has one; a chat model's chat template, in Go, for a
+    model folder (or a chat-format run); else prompts pass as they are."""
+    if info and (info.get("template") or info.get("prompt_template") or
+                 info.get("format") != "chat"):
+        return Template(prompt_template(info), [])
+    if not getattr(tokenizer, "chat_template", None):
+        return Template("{{ .Prompt }}", [])
+    from lmtune.deploy.ollama_chat import chat_glue
+    from lmtune.models.chat import render_chat
+
+    special = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    start = tokenizer.convert_ids_to_tokens(start_token_id(tokenizer))
+    glue = chat_glue(lambda messages: render_chat(tokenizer, messages), special, start)
+    if glue is None:
+        return Template("{{ .Prompt }}", [], "the model's chat template could not be written "
+                                             "in Ollama's template language, so prompts pass "
+                                             "as they are")
+    return Template(glue.go_template(), [glue.end_of_turn],
+                    f"the chat template; llama.cpp puts {start} before every prompt itself")
+
+
+def modelfile(template: Template, stops: list[str], num_ctx: int | None) -> str:
+    lines = [f"# {template.note}"] if template.note else []
+    lines += [f"FROM ./{MODEL_FILE}", f'TEMPLATE """{template.text}"""']
+    for stop in dict.fromkeys(s for s in stops + template.stops if s):
         lines.append(f"PARAMETER stop {_quoted(stop)}")
     if num_ctx:
         lines.append(f"PARAMETER num_ctx {num_ctx}")
@@ -75,14 +110,17 @@ def export_ollama(run: str, out: str, *, type: str = "q8_0", trust_remote_code: 
         raise UserError(f"--out {target} already exists and is not empty",
                         hint="pass a new folder")
     resolved = resolve(run)
-    info = resolved.info or {}
+    template = choose_template(resolved.info, load_tokenizer(resolved, trust_remote_code))
+    if '"""' in template.text:
+        raise UserError("the prompt format holds three double quotes, which a Modelfile "
+                        "TEMPLATE cannot", hint="export --format gguf and write the "
+                                                "Modelfile by hand")
     folder = RunFolder(run)
     num_ctx = folder.config().block_size if folder.config_file.is_file() else None
     with new_folder(target) as tmp:
         result = export_gguf(run, str(tmp / MODEL_FILE), type=type,
                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-        stops = [result.eos_token]
-        text = modelfile(info, stops, num_ctx)
+        text = modelfile(template, [result.eos_token], num_ctx)
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
     result.out = target / MODEL_FILE
-    return OllamaResult(out=target, gguf=result, modelfile=text)
+    return OllamaResult(out=target, gguf=result, modelfile=text, note=template.note)

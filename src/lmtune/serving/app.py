@@ -13,11 +13,12 @@ import time
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from lmtune.errors import UserError
 from lmtune.serving import routes
+from lmtune.serving.downloads import DEFAULT_TYPE, GgufDownloads, file_name
 from lmtune.serving.state import ApiError, ServerState
 
 log = logging.getLogger("lmtune.serving")
@@ -158,12 +159,26 @@ def create_app(state: ServerState) -> FastAPI:
     async def models():
         return {"object": "list", "data": [_model_card(s) for s in state.models.values()]}
 
+    downloads = GgufDownloads(trust_remote_code=state.cfg.trust_remote_code,
+                              allow_pickle=state.cfg.allow_pickle)
+
+    @app.get("/v1/models/{name:path}/gguf")
+    async def gguf(name: str, type: str = DEFAULT_TYPE):
+        if name not in state.models and f"{name}/gguf" in state.models:
+            return _model_card(state.models[f"{name}/gguf"])  # a model named "x/gguf"
+        path = await downloads.file(_served(name), type)
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=file_name(name, type))
+
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
+        return _model_card(_served(name))
+
+    def _served(name: str):
         if name not in state.models:
             raise ApiError(404, f"the model {name!r} is not served here", param="model",
                            code="model_not_found")
-        return _model_card(state.models[name])
+        return state.models[name]
 
     routes.add_routes(app, state)
     return app
