@@ -63,11 +63,16 @@ def test_a_lora_run_is_merged_and_q8_0_keeps_greedy_generation(lora_run, tmp_pat
 
 
 def test_the_file_names_the_tokenizer_llama_cpp_needs(full_run, tmp_path):
+    import shutil
+
     from gguf import GGUFReader
 
-    path = lmtune.export(full_run.out, tmp_path / "m.gguf", type="f16").out
+    model = shutil.copytree(full_run.out / "final", tmp_path / "model")
+    (model / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: en\n---\n# Card\n")
+    path = lmtune.export(model, tmp_path / "m.gguf", type="f16").out
     fields = GGUFReader(path).fields
     value = lambda key: fields[key].contents()  # noqa: E731
+    assert value("general.license") == "apache-2.0"  # from the model card, when there is one
     assert value("general.architecture") == "gpt2"
     assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt-2"
     assert value("tokenizer.ggml.add_bos_token") is True  # lmtune trained with it first

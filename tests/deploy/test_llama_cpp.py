@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lmtune
-from conftest import llama3_tokenizer, llama_folder, sentencepiece_tokenizer
+from tiny_models import llama3_tokenizer, llama_folder, sentencepiece_tokenizer
 from lmtune.errors import UserError
 from lmtune.models.generate import encode_prompt
 from lmtune.models.load import load

@@ -151,7 +151,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(one_process, tw
     assert [s for s, _ in _val(two)] == [s for s, _ in _val(one_process)] == [3, 6]
     assert [v for _, v in _val(two)] == pytest.approx([v for _, v in _val(one_process)],
                                                       abs=2e-6)
-    assert _max_diff(one_process, two) < 1e-5
+    # Summed in another order (two processes, and GEMM kernels that block a batch of 2 unlike
+    # one of 4), a gradient differs in its last bits, and Adam's division by sqrt(v) carries
+    # that into the weights: 2.3e-5 measured on an AVX512/AMX Xeon, under 1e-5 on an AVX2
+    # EPYC. Training moves them over 1e-3 (below), ten times this bound.
+    assert _max_diff(one_process, two) < 1e-4
     # The comparison can fail: training moved the weights far beyond the tolerance.
     before = load_file(two.parent / "tiny-gpt2-no-dropout" / "model.safetensors")
     assert max((w - before[k]).abs().max().item() for k, w in _weights(two).items()) > 1e-3

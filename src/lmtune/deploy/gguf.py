@@ -112,6 +112,9 @@ def _metadata(writer, cfg, arch: str, resolved, file_type) -> None:
         writer.add_base_model_count(1)
         writer.add_base_model_name(0, str(info["base_model"]))
     writer.add_string("general.tool", f"lmtune {__version__}")
+    license = _license(resolved)
+    if license:
+        writer.add_license(license)
     writer.add_file_type(file_type)
     writer.add_quantization_version(2)
     if arch == "GPT2":
@@ -133,6 +136,25 @@ def _metadata(writer, cfg, arch: str, resolved, file_type) -> None:
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_rope_dimension_count(head_dim)
+
+
+def _license(resolved) -> str | None:
+    """The license a model card states in its front matter (`license: apache-2.0`), from the
+    run's folder or its base's, when either is a local folder with a README.md."""
+    for folder in (resolved.adapter, resolved.path):
+        card = Path(str(folder)) / "README.md" if folder else None
+        if card is None or not card.is_file():
+            continue
+        lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines or lines[0].strip() != "---":
+            continue
+        for line in lines[1:]:
+            if line.strip() == "---":
+                break
+            key, _, value = line.partition(":")
+            if key.strip() == "license" and value.strip():
+                return value.strip().strip("'\"")
+    return None
 
 
 def _rope_theta(cfg) -> float:
