@@ -61,7 +61,7 @@ def llama3_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from lmtune.deploy.gguf import LLAMA3_SPLIT
+    from lmtune.deploy.gguf_vocab import LLAMA3_SPLIT
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
