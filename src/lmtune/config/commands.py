@@ -27,7 +27,8 @@ class GenerateConfig:
     repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeating tokens.")
     seed: int | None = opt(None, "Random seed for reproducible samples.")
     stop: list[str] = opt([], repeat=True, help="Stop a sample at this string; repeatable.")
-    chat: bool = opt(False, "Wrap each prompt in the model's chat template.")
+    chat: bool = opt(False, "Wrap each prompt in the model's chat template as a user message "
+                     "(always on for a run trained on conversations).")
     json: bool = opt(False, "Print one JSON object per sample instead of text.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
     threads: int | None = opt(None, THREADS_HELP)

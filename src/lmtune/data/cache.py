@@ -79,6 +79,9 @@ def corpus_key(path: Path, opts, tokenizer) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    # A chat template decides how conversations render; plain text never reads it.
+    chat = getattr(tokenizer, "chat_template", None)
+    text += f"|chat={chat}" if isinstance(chat, str) else ""
     return hashlib.sha256(f"{text}|{start_token_id(tokenizer)}|{eos_token_id(tokenizer)}"
                           .encode()).hexdigest()[:16]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmtune.data.chat import Turn, chat_turns, is_chat, sample_prompts
 from lmtune.errors import UserError
 
 
@@ -17,6 +18,9 @@ from lmtune.errors import UserError
 class Example:
     prompt: str  # "" for plain text; tokens of the prompt are context only (no loss)
     completion: str  # the text the model learns
+    # A conversation (chat data): rendered by the model's chat template when tokenized; then
+    # prompt and completion hold the other turns' and the answers' text, for statistics.
+    turns: tuple[Turn, ...] = ()
 
 
 # A template compiled to (literal text, field name or None) pairs, so rendering is a join
@@ -42,6 +46,11 @@ def build_examples_with_stats(records: list[dict], *, source: str, column: str |
                               completion_template: str | None = None) -> tuple[list[Example], dict]:
     """Examples plus `{"records": n, "dropped_empty": k, "dropped_missing": m}`."""
     fields = sorted({key for record in records for key in record})
+    if (column, template, prompt_template, completion_template) == (None,) * 4:
+        if is_chat(records):
+            return _chat_examples(records, source)
+        if fields == ["completion", "prompt"]:  # OpenAI's (and TRL's) prompt/completion JSONL
+            prompt_template, completion_template = "{prompt}", "{completion}"
     prompt_parts, completion_parts = _choose_text(
         records, fields, source, column, template, prompt_template, completion_template)
     examples, dropped_empty, dropped_missing = [], 0, 0
@@ -70,6 +79,18 @@ def build_examples_with_stats(records: list[dict], *, source: str, column: str |
                         f"{dropped_empty} empty, {dropped_missing} missing a value)",
                         hint=f"check that --column/--template name the field that holds the text; "
                              f"fields: {', '.join(fields) or '(none)'}")
+    return examples, stats
+
+
+def _chat_examples(records, source: str) -> tuple[list[Example], dict]:
+    conversations = chat_turns(records, source)
+    examples = [Example(prompt="\n".join(t.content for t in c if t.role != "assistant"),
+                        completion="\n".join(t.content for t in c if t.role == "assistant"),
+                        turns=c) for c in conversations]
+    stats = {"records": len(records), "dropped_empty": 0, "dropped_missing": 0,
+             "chat": len(examples), "chat_prompts": sample_prompts(conversations),
+             "notes": ["each record is a conversation (messages), rendered with the model's "
+                       "chat template; the loss falls on the assistant's answers only"]}
     return examples, stats
 
 

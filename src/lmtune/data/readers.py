@@ -213,7 +213,7 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _read_jsonl(path: Path, text: str) -> list[dict]:
-    records = []
+    records, where = [], []
     # split("\n"), not splitlines(): the latter also breaks at U+2028, which JSON allows
     # unescaped inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -227,16 +227,22 @@ def _read_jsonl(path: Path, text: str) -> list[dict]:
         except RecursionError:
             raise _too_deep(f"{path} line {number}") from None
         records.append(_as_record(value, f"{path} line {number}"))
-    return records
+        where.append(f"line {number}")
+    return Records(records, [], where)
 
 
 class Records(list):
     """Records, with `notes`: choices the reader made that the user should hear about (the
     key of a JSON object whose list was read). Examples carry them into their stats."""
 
-    def __init__(self, items, notes: list[str]):
+    def __init__(self, items, notes: list[str], where: list[str] | None = None):
         super().__init__(items)
         self.notes = notes
+        self.where = where  # "line N" of each record, where the format has lines (JSONL)
+
+    def place(self, i: int) -> str:
+        """Where record i is, for an error message: its line, else its position."""
+        return self.where[i] if self.where else f"record {i + 1}"
 
 
 def _read_json(path: Path, text: str) -> list[dict]:

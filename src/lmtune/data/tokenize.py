@@ -11,8 +11,12 @@ from functools import cached_property
 
 import numpy as np
 
+from lmtune.data.chat_tokens import tokenize_chats
 from lmtune.data.examples import Example
-from lmtune.errors import UserError
+from lmtune.data.special_tokens import eos_token_id, start_token_id
+
+__all__ = ["TokenizedDocs", "eos_token_id", "start_token_id", "tokenize_examples",
+           "encode_batch", "SpecialTexts", "special_text_warning"]
 
 
 @dataclass
@@ -49,23 +53,10 @@ class TokenizedDocs:
         return TokenizedDocs(self.ids, self.loss_mask, self.offsets, base[np.asarray(index)])
 
 
-def start_token_id(tokenizer) -> int:
-    """The token every document starts with (and generation starts from): BOS, else EOS."""
-    if tokenizer.bos_token_id is not None:
-        return tokenizer.bos_token_id
-    return eos_token_id(tokenizer)
-
-
-def eos_token_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise UserError("the model's tokenizer has no end-of-text (EOS) token, so a fine-tuned model "
-                        "could not learn where an example ends",
-                        hint="pick a model whose tokenizer defines eos_token, or set tokenizer.eos_token")
-    return tokenizer.eos_token_id
-
-
 def tokenize_examples(examples: list[Example], tokenizer, batch_size: int = 1000) -> TokenizedDocs:
     """Tokenize in batches: one tokenizer call per `batch_size` texts, never one per example."""
+    if examples and examples[0].turns:
+        return _chat_docs(examples, tokenizer, batch_size)
     start, eos = start_token_id(tokenizer), eos_token_id(tokenizer)
     completions = _tokenize(tokenizer, [ex.completion for ex in examples], batch_size)
     # Plain text has no prompt; tokenize only the prompts that exist.
@@ -92,6 +83,17 @@ def tokenize_examples(examples: list[Example], tokenizer, batch_size: int = 1000
     runs = np.stack([1 + n_prompt, n_completion + 1], axis=1).ravel()
     loss_mask = np.repeat(np.tile([False, True], len(examples)), runs)
     return TokenizedDocs(ids=ids, loss_mask=loss_mask, offsets=offsets)
+
+
+def _chat_docs(examples: list[Example], tokenizer, batch_size: int) -> TokenizedDocs:
+    """Conversations (data/chat_tokens.py): each its own ids and mask, laid end to end."""
+    docs = []
+    for i in range(0, len(examples), batch_size):
+        docs += tokenize_chats(tokenizer, [ex.turns for ex in examples[i:i + batch_size]])
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids, _ in docs], out=offsets[1:])
+    return TokenizedDocs(ids=np.concatenate([ids for ids, _ in docs]).astype(np.uint32),
+                         loss_mask=np.concatenate([mask for _, mask in docs]), offsets=offsets)
 
 
 def _tokenize(tokenizer, texts: list[str], batch_size: int) -> list[list[int]]:

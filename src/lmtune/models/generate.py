@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -11,6 +12,7 @@ from lmtune.data.tokenize import start_token_id
 from lmtune.errors import UserError
 from lmtune.fast.head_matmul import decoding_head
 from lmtune.models.chat import render_chat
+from lmtune.models.resolve import resolve
 from lmtune.progress import stage
 
 
@@ -136,4 +138,11 @@ def generate_from_config(cfg, model, tokenizer) -> list[Sample]:
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         top_k=cfg.top_k, top_p=cfg.top_p,
                         repetition_penalty=cfg.repetition_penalty, seed=cfg.seed,
-                        stop=cfg.stop, chat=cfg.chat)
+                        stop=cfg.stop, chat=cfg.chat or is_chat_run(cfg.model))
+
+
+def is_chat_run(spec) -> bool:
+    """A run trained on conversations: its prompts are questions, asked in its chat format."""
+    if not spec or not Path(str(spec)).exists():
+        return False
+    return ((resolve(str(spec)).info or {}).get("format")) == "chat"

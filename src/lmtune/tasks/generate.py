@@ -11,6 +11,7 @@ import torch
 from lmtune import distributed
 from lmtune.config import TrainConfig, flag
 from lmtune.data.cache import CachedCorpus, prepare
+from lmtune.data.chat_tokens import use_chat_template
 from lmtune.data.corpus import make_dataset, token_splits
 from lmtune.data.tokenize import special_text_warning
 from lmtune.models.forward import loss_sum
@@ -26,6 +27,8 @@ class LanguageModeling:
 
     name = "generate"
     best_metric = "val_loss"
+    chat = False              # the data is conversations (data/chat.py)
+    chat_prompts: list[str] = []  # then samples ask the first conversations' first questions
 
     def check(self, cfg: TrainConfig) -> list[str]:
         given = [flag(n) for n in ("text_column", "label_column") if getattr(cfg, n) is not None]
@@ -38,6 +41,11 @@ class LanguageModeling:
                 world: int = 1) -> TaskData:
         splits = token_splits(cfg, tokenizer)
         train_docs, val_docs = splits.train, splits.val
+        if splits.stats.get("chat"):
+            # The run saves this tokenizer: a model without a chat template gets the one its
+            # conversations were rendered with (a cached corpus skips rendering, so here).
+            use_chat_template(tokenizer)
+            self.chat, self.chat_prompts = True, list(splits.stats.get("chat_prompts", []))
         cfg, plan = plan_run(
             cfg, n_train_tokens=train_docs.n_tokens, context=context, n_layers=n_layers,
             world=world, n_blocks_for=lambda bs: make_dataset(
@@ -70,7 +78,7 @@ class LanguageModeling:
         return [record["val_loss"]]
 
     def info(self) -> dict:
-        return {"task": self.name}
+        return {"task": self.name, **({"format": "chat"} if self.chat else {})}
 
 
 def _data_notes(stats: dict) -> list[str]:

@@ -312,10 +312,12 @@ def _sample(setup: Setup, step: int, logs: _Logs, copies: LazyIndex) -> None:
     # Under FSDP every rank takes part in each forward (the weights are sharded).
     if not (world.is_main or world.fsdp):
         return
+    chat = getattr(setup.task, "chat", False)  # conversations: samples answer questions
+    prompts = cfg.sample_prompts or (setup.task.chat_prompts if chat else None)
     with setup.accelerator.autocast():
-        got = generate(setup.unwrapped, setup.tokenizer, cfg.sample_prompts or None, n=1,
+        got = generate(setup.unwrapped, setup.tokenizer, prompts or None, n=1,
                        max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step,
-                       synced=world.fsdp)
+                       synced=world.fsdp, chat=chat)
     if not world.is_main:
         return
     checks = [copies.check(s.prompt, s.text) for s in got]

@@ -1,0 +1,82 @@
+"""Conversations as training data: OpenAI's chat fine-tuning format, one record per line,
+`{"messages": [{"role", "content", "weight"?}, ...]}`.
+
+A conversation is rendered with the model's own chat template, the text it will see when it
+is asked in chat (`lmtune generate --chat`, `lmtune serve`'s chat completions), and the loss
+falls on the assistant's answers only, end-of-turn token included, and only where `weight`
+is not 0 (as OpenAI trains). Which characters are an answer is found by rendering the
+conversation up to each answer with and without it; the tokens whose first character falls
+in an answer count in the loss. The whole text is tokenized in one piece, so the tokens are
+exactly those of inference, not the joins of separately tokenized parts.
+
+Rendering and tokenizing are in chat_tokens.py; this module reads and checks the records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmtune.errors import UserError
+
+FIELD = "messages"
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_SHOWN_PROMPTS = 2  # conversations whose first user message becomes a sample prompt
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str       # system, user or assistant
+    content: str
+    trained: bool   # an assistant turn with weight 1 (the default)
+
+
+def is_chat(records) -> bool:
+    """Every record holds a list of messages (the file is chat data)."""
+    return bool(records) and all(isinstance(r.get(FIELD), list) for r in records)
+
+
+def chat_turns(records, source: str) -> list[tuple[Turn, ...]]:
+    """Each record's turns, checked as OpenAI's data checker does; a bad record is an error
+    naming where it is, and nothing is trained on a file that has one."""
+    place = getattr(records, "place", lambda i: f"record {i + 1}")
+    return [_turns(r[FIELD], f"{source} {place(i)}") for i, r in enumerate(records)]
+
+
+def _turns(messages: list, where: str) -> tuple[Turn, ...]:
+    turns = []
+    for j, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            raise UserError(f"{where}: message {j} is not an object",
+                            hint='write each message as {"role": "user", "content": "..."}')
+        role = ROLES.get(m.get("role"))
+        if role is None:
+            raise UserError(f"{where}: message {j} has role {m.get('role')!r}; lmtune trains "
+                            f"on system, developer, user and assistant messages",
+                            hint="tool and function messages are not supported")
+        content = _text(m.get("content"), where, j)
+        weight = m.get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool) or (weight == 0 and
+                                                                role != "assistant"):
+            raise UserError(f"{where}: message {j} has weight {weight!r}",
+                            hint="weight is 0 or 1, and only on assistant messages")
+        turns.append(Turn(role, content, role == "assistant" and weight == 1))
+    if not any(t.role == "assistant" for t in turns):
+        raise UserError(f"{where}: the conversation has no assistant message",
+                        hint="each example needs at least one assistant answer to learn from")
+    return tuple(turns)
+
+
+def _text(content, where: str, j: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise UserError(f"{where}: message {j} has no text content",
+                    hint='"content" is a string, or a list of {"type": "text", "text": ...}')
+
+
+def sample_prompts(conversations: list[tuple[Turn, ...]]) -> list[str]:
+    """The first user message of the first conversations: samples during training ask them."""
+    firsts = [next((t.content for t in c if t.role == "user"), None) for c in conversations]
+    return [p for p in firsts if p][:MAX_SHOWN_PROMPTS]
