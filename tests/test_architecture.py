@@ -20,6 +20,7 @@ LAYERS = [
     ["demo"],
     ["api"],
     ["serving"],
+    ["finetune"],
     ["training"],
     ["analysis", "deploy"],
     ["tasks"],

@@ -22,7 +22,8 @@ def running_server(models: list[str] = (), names: list[str] = (), **options):
     from lmtune.config import ServeConfig
     from lmtune.serving.server import build_server, prepare
 
-    options = dict(dict(port=0, precision="fp32", device="cpu"), **options)
+    # No worker processes unless a test asks: most serve tests train nothing.
+    options = dict(dict(port=0, precision="fp32", device="cpu", workers=0), **options)
     cfg = config_mod.build(ServeConfig, dict(options, models=[str(m) for m in models],
                                              names=list(names)))
     prepared = prepare(cfg)
@@ -41,6 +42,7 @@ def running_server(models: list[str] = (), names: list[str] = (), **options):
     finally:
         server.should_exit = True
         thread.join(30)
+        state.finetune.stop()
         if state.engine is not None:
             state.engine.stop()
         state.renderer.close()

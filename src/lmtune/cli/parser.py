@@ -12,7 +12,8 @@ from typing import Any
 from lmtune import config as config_mod
 from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, ExportConfig,
                            GenerateConfig, InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
-                           ReportConfig, ServeConfig, TrainConfig)
+                           ReportConfig, ServeConfig, TrainConfig,
+                           WorkerConfig)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -74,6 +75,9 @@ COMMANDS: list[tuple[str, type, str, str]] = [
                          "show samples before and after.", "lmtune.cli.train:cmd_demo"),
     ("serve", ServeConfig, "Serve models and runs over an OpenAI-compatible HTTP API.",
      "lmtune.cli.serve:cmd_serve"),
+    ("worker", WorkerConfig, "Train queued fine-tuning jobs of the service (lmtune serve's "
+                             "/v1/fine_tuning/jobs), one at a time.",
+     "lmtune.cli.serve:cmd_worker"),
     ("predict", PredictConfig, "Label texts with a classification run (lmtune train "
                                "--task classify).", "lmtune.cli.classify:cmd_predict"),
     ("eval", EvalConfig, "Loss and perplexity of a model or run on a data file "

@@ -36,3 +36,12 @@ def cmd_serve(cfg: ServeConfig) -> int:
 
     serve(cfg, on_event=on_event)
     return 0
+
+
+def cmd_worker(cfg) -> int:
+    from lmtune.finetune.store import Store
+    from lmtune.finetune.worker import run_worker
+
+    store = Store(cfg.store)
+    print(f"worker: taking jobs from {store.url}", file=sys.stderr, flush=True)
+    return run_worker(store, name=cfg.name, once=cfg.once)

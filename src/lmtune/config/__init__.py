@@ -12,7 +12,8 @@ and the resolved value is what a run saves.
 from lmtune.config.commands import (CompareConfig, DemoConfig, DiffConfig, EvalConfig,
                                     ExportConfig, GenerateConfig, InspectConfig, MergeConfig,
                                     PredictConfig,
-                                    PrepareConfig, ReportConfig, ServeConfig)
+                                    PrepareConfig, ReportConfig, ServeConfig,
+                                    WorkerConfig)
 from lmtune.config.defaults import (CLASS_WEIGHTS, DEFAULT_LR, DEFAULT_MODEL, DEVICES, METHODS,
                                     PRECISIONS, SCHEDULES, TASKS)
 from lmtune.config.fields import (ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, build, coerce,
@@ -24,7 +25,7 @@ from lmtune.config.train import (ONE_SHOT_ACTIONS, RESOLVED_AT_START, DataOption
 __all__ = [
     "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "ExportConfig", "GenerateConfig",
     "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
-    "ServeConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
+    "ServeConfig", "WorkerConfig", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
     "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
     "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",
     "load_yaml", "opt", "to_yaml", "ONE_SHOT_ACTIONS", "RESOLVED_AT_START", "check_against_model",

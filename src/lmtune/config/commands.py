@@ -142,6 +142,12 @@ class ServeConfig:
     max_queue: int = opt(64, "Requests waiting beyond --max-concurrency; more are answered "
                          "429 at once.")
     max_request_bytes: int = opt(1_000_000, "Largest request body; larger ones get 413.")
+    max_upload_bytes: int = opt(512 * 1024 * 1024, "Largest file upload (POST /v1/files); "
+                                "larger ones get 413.")
+    workers: int = opt(1, "Processes that train fine-tuning jobs (POST /v1/fine_tuning/jobs), "
+                       "one job each at a time; 0 starts none (run `lmtune worker` instead).")
+    store: str | None = opt(None, "Database of the fine-tuning service, as a SQLAlchemy URL "
+                            "(default: SQLite in $LMTUNE_HOME/service).")
     drain_timeout: float = opt(60.0, "On SIGTERM, seconds to let in-flight requests finish "
                                "before stopping anyway.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)
@@ -150,6 +156,15 @@ class ServeConfig:
                          "CPUs that support it, else fp32.", choices=PRECISIONS)
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
     allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)
+
+
+@dataclass
+class WorkerConfig:
+    store: str | None = opt(None, "Database of the fine-tuning service, the one `lmtune serve "
+                            "--store` names (default: SQLite in $LMTUNE_HOME/service).")
+    name: str | None = opt(None, "This worker's name in the jobs it takes (default: host and "
+                           "process id).")
+    once: bool = opt(False, "Stop when the queue is empty instead of waiting for jobs.")
 
 
 @dataclass

@@ -11,18 +11,22 @@ import hmac
 import logging
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lmtune.errors import UserError
 from lmtune.serving import routes
+from lmtune.serving.finetune_api import add_finetune_routes
+from lmtune.serving.finetune_service import owner_of
 from lmtune.serving.downloads import DEFAULT_TYPE, GgufDownloads, file_name
 from lmtune.serving.state import ApiError, ServerState
 
 log = logging.getLogger("lmtune.serving")
 OPEN_PATHS = ("/health",)  # answered without an API key: load balancers poll it
+UPLOAD_PATH = "/v1/files"  # its bodies are data files: their own, larger limit
 
 
 def _encodable(text: str | None) -> str | None:
@@ -73,23 +77,24 @@ class BodyLimitMiddleware:
     """Bodies over the limit get 413: at once when Content-Length says so, else as soon as
     the bytes read pass it (a chunked body never gets buffered past the limit)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, upload_limit: int):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope["path"] == UPLOAD_PATH else self.limit
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                return await _too_large(self.limit)(scope, receive, send)
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                return await _too_large(limit)(scope, receive, send)
         total = 0
 
         async def limited_receive():
             nonlocal total
             message = await receive()
             total += len(message.get("body", b""))
-            if total > self.limit:  # FastAPI passes an HTTPException on to our handler
-                raise HTTPException(413)
+            if total > limit:  # FastAPI passes an HTTPException on to our handler
+                raise HTTPException(413, detail=str(limit))
             return message
         return await self.app(scope, limited_receive, send)
 
@@ -114,7 +119,8 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="lmtune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.lmtune = state
     # Added last runs first: the key is checked before any byte of the body is read.
-    app.add_middleware(BodyLimitMiddleware, limit=state.cfg.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=state.cfg.max_request_bytes,
+                       upload_limit=state.cfg.max_upload_bytes)
     if state.api_key:
         app.add_middleware(AuthMiddleware, key=state.api_key)
 
@@ -138,7 +144,8 @@ def create_app(state: ServerState) -> FastAPI:
         # FastAPI raises a bare 400 when the body cannot be parsed at all (a RecursionError
         # on deeply nested JSON, a broken encoding).
         if exc.status_code == 413:
-            return _too_large(state.cfg.max_request_bytes)
+            return _too_large(int(exc.detail) if str(exc.detail).isdigit()
+                              else state.cfg.max_request_bytes)
         message = {400: "the request body is not valid JSON (or nests too deeply)",
                    404: f"no route {request.url.path}",
                    405: "method not allowed"}.get(exc.status_code, str(exc.detail))
@@ -149,6 +156,17 @@ def create_app(state: ServerState) -> FastAPI:
         log.exception("unexpected error")
         return error_response(500, f"internal error: {type(exc).__name__}", type="server_error")
 
+    _add_model_routes(app, state)
+    routes.add_routes(app, state)
+    add_finetune_routes(app, state)
+    return app
+
+
+_STARTED = int(time.time())
+
+
+def _add_model_routes(app, state: ServerState) -> None:
+    """/health, /v1/models (served and fine-tuned) and a model's GGUF download."""
     @app.get("/health")
     async def health():
         if state.status == "ready":
@@ -156,8 +174,14 @@ def create_app(state: ServerState) -> FastAPI:
         return JSONResponse({"status": state.status}, status_code=503)
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [_model_card(s) for s in state.models.values()]}
+    async def models(request: Request):
+        cards = [_model_card(s) for s in state.models.values()]
+        tuned = await run_in_threadpool(state.finetune.models, _owner(request))
+        cards += [_tuned_card(n) for n in tuned if n not in state.models]
+        return {"object": "list", "data": cards}
+
+    def _owner(request: Request) -> str:
+        return owner_of(state.api_key, request.headers.get("authorization"))
 
     downloads = GgufDownloads(trust_remote_code=state.cfg.trust_remote_code,
                               allow_pickle=state.cfg.allow_pickle)
@@ -171,7 +195,10 @@ def create_app(state: ServerState) -> FastAPI:
                             filename=file_name(name, type))
 
     @app.get("/v1/models/{name:path}")
-    async def model(name: str):
+    async def model(name: str, request: Request):
+        if name not in state.models and name in await run_in_threadpool(
+                state.finetune.models, _owner(request)):
+            return _tuned_card(name)
         return _model_card(_served(name))
 
     def _served(name: str):
@@ -180,11 +207,10 @@ def create_app(state: ServerState) -> FastAPI:
                            code="model_not_found")
         return state.models[name]
 
-    routes.add_routes(app, state)
-    return app
 
-
-_STARTED = int(time.time())
+def _tuned_card(name: str) -> dict:
+    return {"id": name, "object": "model", "created": _STARTED, "owned_by": "lmtune",
+            "task": "generate"}
 
 
 def _model_card(served) -> dict:

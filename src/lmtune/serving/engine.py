@@ -42,6 +42,12 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def add_group(self, group) -> None:
+        """A model loaded while serving (a fine-tuned model on its first request)."""
+        with self._cond:
+            self.batches[group.key] = DecodeBatch(group)
+            self.waiting[group.key] = deque()
+
     def submit(self, job) -> None:
         with self._cond:
             self.waiting[job.served.group.key].append(job)
@@ -76,7 +82,8 @@ class Engine:
                     if self._stopping:
                         break
                     taken = self._take()
-                for key, batch in self.batches.items():
+                    batches = list(self.batches.items())  # add_group may add to it meanwhile
+                for key, batch in batches:
                     try:
                         if taken.get(key):
                             batch.add(taken[key])

@@ -33,12 +33,22 @@ def sse(data) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+async def find_model(state: ServerState, request: Request, name: str, task: str):
+    """A served model, or a fine-tuned one loaded now, on its first request."""
+    if name not in state.models and state.finetune is not None:
+        from lmtune.serving.finetune_service import owner_of
+
+        owner = owner_of(state.api_key, request.headers.get("authorization"))
+        await run_in_threadpool(state.finetune.load, name, owner, state)
+    return state.lookup(name, task)
+
+
 def add_routes(app, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         state.check_serving()
-        served = state.lookup(body.model, "generate")
+        served = await find_model(state, request, body.model, "generate")
         _check_options(state, body, body.max_tokens)
         slot = state.admit()
         try:
@@ -53,7 +63,7 @@ def add_routes(app, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         state.check_serving()
-        served = state.lookup(body.model, "generate")
+        served = await find_model(state, request, body.model, "generate")
         max_tokens = body.max_completion_tokens or body.max_tokens
         _check_options(state, body, max_tokens)
         slot = state.admit()

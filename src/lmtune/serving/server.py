@@ -21,6 +21,8 @@ from typing import Callable
 from lmtune import config as config_mod
 from lmtune.config import ServeConfig
 from lmtune.errors import UserError
+from lmtune.finetune.store import Store
+from lmtune.serving.finetune_service import FineTuning
 from lmtune.serving.state import ServerState
 
 log = logging.getLogger("lmtune.serving")
@@ -107,8 +109,10 @@ def prepare(cfg: ServeConfig) -> Startup:
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
+    state = ServerState(cfg, key)
+    state.finetune = FineTuning(Store(cfg.store), cfg.workers)
     sock = _bind(cfg.host, cfg.port)
-    return Startup(ServerState(cfg, key), planned, sock, url_of(sock), device, precision,
+    return Startup(state, planned, sock, url_of(sock), device, precision,
                    threads, precision_warning(precision, device))
 
 
@@ -134,8 +138,10 @@ def load_models(prepared: Startup, on_event: Callable[[str, dict], None]) -> Non
         on_event("failed", {"error": str(e)})
         return
     state.models, state.engine = models, engine
+    state.device, state.precision = device, precision
     if state.status == "loading":  # a SIGTERM during loading wins
         state.status = "ready"
+        state.finetune.start()
     on_event("ready", {"url": prepared.url, "device": device, "precision": precision,
                        "models": {n: _describe(s) for n, s in models.items()},
                        "weights_loaded": len(groups), "threads": prepared.threads.line(),
@@ -242,6 +248,7 @@ def serve(config: ServeConfig | None = None, *,
     try:
         server.run(sockets=[prepared.sock])
     finally:
+        prepared.state.finetune.stop()  # a job in training checkpoints and queues again
         if prepared.state.engine is not None:
             prepared.state.engine.stop()
         prepared.state.renderer.close()

@@ -33,6 +33,8 @@ class ServerState:
         self.api_key = api_key
         self.status = "loading"          # loading -> ready -> draining; or failed
         self.models: dict = {}           # name -> registry.Served
+        self.device, self.precision = "cpu", "fp32"  # what the models were loaded for
+        self.finetune = None             # finetune_service.FineTuning, when jobs are served
         self.engine = None
         self.load_error: BaseException | None = None
         self.in_flight = 0

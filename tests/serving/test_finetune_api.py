@@ -1,0 +1,122 @@
+"""The OpenAI fine-tuning API of `lmtune serve`, driven by the official `openai` client,
+unmodified: upload a chat file, fine-tune a tiny model in a worker process, watch events and
+checkpoints, chat with the result the moment the job succeeds."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from serve_helpers import running_server
+
+QA = [("why did the programmer quit", "because he did not get arrays"),
+      ("what is two plus four", "six"), ("where did the dog run", "in the park")]
+
+
+def _chat_file(path, rows=None):
+    rows = rows or [{"messages": [{"role": "user", "content": q},
+                                  {"role": "assistant", "content": a}]} for q, a in QA] * 8
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def _wait(client, job_id, done=("succeeded", "failed", "cancelled"), seconds=240):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in done:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {seconds} s")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_a_chat_file_fine_tunes_into_a_model_that_is_served_at_once(tiny_gpt2, home,
+                                                                    tmp_path):
+    with running_server([tiny_gpt2], workers=1) as (url, state):
+        client = _client(url)
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                       purpose="fine-tune")
+        assert uploaded.filename == "qa.jsonl" and uploaded.purpose == "fine-tune"
+        job = client.fine_tuning.jobs.create(
+            model=str(tiny_gpt2), training_file=uploaded.id, suffix="qa", seed=3,
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "learning_rate_multiplier": 20}}})
+        assert job.status == "validating_files" and job.seed == 3
+        job = _wait(client, job.id)
+        assert job.status == "succeeded", job.error
+        assert job.fine_tuned_model.startswith("ft:") and ":qa:" in job.fine_tuned_model
+        assert job.hyperparameters.n_epochs == 2 and job.trained_tokens > 0
+        assert isinstance(job.hyperparameters.batch_size, int)  # "auto", written back
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        metrics = [e for e in events if e.type == "metrics"]
+        assert any("train_loss" in e.data for e in metrics)
+        assert any("valid_loss" in e.data for e in metrics)
+        assert events[0].message == "The job has successfully completed"
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert checkpoints and checkpoints[0].step_number > 0
+        results = client.files.content(job.result_files[0]).text
+        assert results.startswith("step,train_loss,valid_loss")
+        assert job.fine_tuned_model in [m.id for m in client.models.list()]
+        answer = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": QA[1][0]}],
+            max_tokens=16, temperature=0)
+        assert answer.choices[0].message.content is not None
+        assert [j.id for j in client.fine_tuning.jobs.list().data] == [job.id]
+
+
+def test_a_bad_file_fails_the_job_with_its_line(tiny_gpt2, home, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "hello"}]}] * 12
+    rows[2] = {"messages": [{"role": "user", "content": "no answer"}]}
+    with running_server([tiny_gpt2]) as (url, state):
+        client = _client(url)
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "bad.jsonl", rows),
+                                                 "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id)
+        job = _wait(client, job.id)
+        assert job.status == "failed"
+        assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
+        assert "bad.jsonl line 3: the conversation has no assistant message" in job.error.message
+        few = client.files.create(file=open(_chat_file(tmp_path / "few.jsonl", rows[:2]), "rb"),
+                                  purpose="fine-tune")
+        job = _wait(client, client.fine_tuning.jobs.create(model=str(tiny_gpt2),
+                                                           training_file=few.id).id)
+        assert "at least 10 are needed" in job.error.message
+
+
+def test_queued_jobs_pause_resume_and_cancel_and_unknown_ids_are_404(tiny_gpt2, home,
+                                                                     tmp_path):
+    with running_server([tiny_gpt2]) as (url, state):  # no worker: jobs stay queued
+        client = _client(url)
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                       purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id)
+        assert _wait(client, job.id, done=("queued",)).status == "queued"
+        assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        with pytest.raises(openai.BadRequestError, match="cannot be resumed"):
+            client.fine_tuning.jobs.resume(job.id)
+        with pytest.raises(openai.NotFoundError):
+            client.fine_tuning.jobs.retrieve("ftjob-nothing")
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve("file-nothing")
+        with pytest.raises(openai.BadRequestError, match="no such file"):
+            client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file="file-x")
+        with pytest.raises(openai.BadRequestError, match="n_epochs must be 'auto' or"):
+            client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id,
+                                           hyperparameters={"n_epochs": 0})
+        assert client.files.delete(uploaded.id).deleted
+        assert [f.id for f in client.files.list().data] == []
