@@ -120,3 +120,100 @@ def test_queued_jobs_pause_resume_and_cancel_and_unknown_ids_are_404(tiny_gpt2, 
                                            hyperparameters={"n_epochs": 0})
         assert client.files.delete(uploaded.id).deleted
         assert [f.id for f in client.files.list().data] == []
+
+
+def _job_opts(model, file_id, epochs=30, batch_size=2):
+    return dict(model=str(model), training_file=file_id, seed=5,
+                hyperparameters={"n_epochs": epochs, "batch_size": batch_size})
+
+
+def test_a_running_job_pauses_at_a_checkpoint_and_resumes_from_it(tiny_gpt2, home, tmp_path):
+    with running_server([tiny_gpt2], workers=1) as (url, state):
+        client = _client(url)
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                       purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(**_job_opts(tiny_gpt2, uploaded.id))
+        _wait(client, job.id, done=("running",))
+        while not client.fine_tuning.jobs.list_events(job.id).data[0].type == "metrics":
+            time.sleep(0.2)
+        client.fine_tuning.jobs.pause(job.id)
+        assert _wait(client, job.id, done=("paused",)).status == "paused"
+        assert client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+        assert _wait(client, job.id).status == "succeeded"
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id,
+                                                                            limit=100).data]
+        assert "Fine-tuning job resumed from its last checkpoint" in messages
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(model, home, port):
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmtune", "serve", str(model), "--port", str(port),
+         "--precision", "fp32", "--device", "cpu"], env={**os.environ, "LMTUNE_HOME": str(home)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise AssertionError("the server did not start")
+
+
+def test_a_server_killed_mid_job_finishes_it_after_a_restart_as_if_never_stopped(
+        tiny_gpt2, home, tmp_path):
+    """SIGKILL: the server gets no chance to stop its worker; the worker sees it gone,
+    checkpoints and requeues the job; the next server's worker resumes it exactly."""
+    from safetensors.torch import load_file
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(tiny_gpt2, home, port)
+    try:
+        client = _client(url)
+        rows = [{"messages": [{"role": "user", "content": q},
+                              {"role": "assistant", "content": a}]} for q, a in QA] * 16
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "qa.jsonl", rows), "rb"),
+                                       purpose="fine-tune")
+        opts = _job_opts(tiny_gpt2, uploaded.id, epochs=50, batch_size=1)
+        killed = client.fine_tuning.jobs.create(**opts)
+        while not client.fine_tuning.jobs.checkpoints.list(killed.id).data:
+            time.sleep(0.2)
+        server.kill()
+        server.wait()
+        from lmtune.finetune.store import Store
+        store = Store()
+        deadline = time.monotonic() + 60
+        while store.job(killed.id)["status"] != "queued" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.job(killed.id)["status"] == "queued"  # put back by its own worker
+        server = _serve(tiny_gpt2, home, port)
+        whole = client.fine_tuning.jobs.create(**opts)
+        assert _wait(client, killed.id).status == "succeeded"
+        assert _wait(client, whole.id).status == "succeeded"
+    finally:
+        server.kill()
+    events = [e["message"] for e in store.events(killed.id, None, 1000)]
+    assert "Fine-tuning job resumed from its last checkpoint" in events  # killed mid-run
+    a, b = (load_file(home / "service" / "runs" / j.id / "final" / "adapter_model.safetensors")
+            for j in (killed, whole))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert max(v.abs().max().item() for v in a.values()) > 0

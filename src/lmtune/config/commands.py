@@ -165,6 +165,10 @@ class WorkerConfig:
     name: str | None = opt(None, "This worker's name in the jobs it takes (default: host and "
                            "process id).")
     once: bool = opt(False, "Stop when the queue is empty instead of waiting for jobs.")
+    device: str = opt("auto", "Device jobs train on.", choices=DEVICES)
+    precision: str = opt("auto", "Numeric precision jobs train in.", choices=PRECISIONS)
+    parent: int | None = opt(None, "Stop (a running job checkpoints and queues again) when the "
+                             "process with this id ends: lmtune serve starts its workers so.")
 
 
 @dataclass

@@ -161,7 +161,10 @@ def train_options(store: Store, job: dict) -> dict:
             "format": "jsonl", "model": request["model"], "method": METHOD,
             "out": job["run_dir"], "epochs": float(settings["n_epochs"]),
             "seed": settings["seed"],
-            "lr": DEFAULT_LR[METHOD] * float(settings["learning_rate_multiplier"])}
+            "lr": DEFAULT_LR[METHOD] * float(settings["learning_rate_multiplier"]),
+            # A checkpoint at every evaluation, however close: a job's checkpoints are listed
+            # and served as models, and a pause or a crash resumes from the newest.
+            "save_minutes": 0.0}
     if settings["batch_size"] != "auto":
         opts["batch_size"] = int(settings["batch_size"])
     if request.get("validation_file"):

@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 from lmtune.errors import Stopped, UserError, stop_on_signals
 from lmtune.finetune.jobs import train_options
@@ -28,16 +29,19 @@ from lmtune.finetune.store import Store, new_id
 
 log = logging.getLogger("lmtune.finetune")
 HEARTBEAT_S = 2.0
+ORPHAN_CHECK_S = 0.25  # getppid() is a system call: looked at often, so a kill is seen at once
 ABANDONED_S = 30.0   # a running job whose worker has not beaten for this long is requeued
 POLL_S = 1.0
 
 
-def run_worker(store: Store, *, name: str | None = None, once: bool = False) -> int:
-    """Train queued jobs until SIGTERM (or, with `once`, until the queue is empty)."""
+def run_worker(store: Store, *, name: str | None = None, once: bool = False,
+               parent: int | None = None, train: dict | None = None) -> int:
+    """Train queued jobs until SIGTERM (or, with `once`, until the queue is empty; with
+    `parent`, until that process ends). `train`: options every job trains with."""
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     stop_on_signals()
     try:
-        while True:
+        while not _orphaned(parent):
             store.requeue_abandoned(ABANDONED_S)
             job = store.claim(name)
             if job is None:
@@ -45,24 +49,36 @@ def run_worker(store: Store, *, name: str | None = None, once: bool = False) -> 
                     return 0
                 time.sleep(POLL_S)
                 continue
-            if not run_job(store, job, name):
+            if not run_job(store, job, name, parent, train or {}):
                 return 0  # stopped from outside: the job is queued again
     except (Stopped, KeyboardInterrupt):
-        return 0
+        pass
+    return 0
 
 
-def run_job(store: Store, job: dict, worker: str) -> bool:
+def _orphaned(parent: int | None) -> bool:
+    """The server that started this worker is gone (killed, even by SIGKILL): this process
+    was handed to another parent."""
+    return parent is not None and os.getppid() != parent
+
+
+def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
+            train_with: dict | None = None) -> bool:
     """Train one claimed job to its end; False when this worker was told to stop."""
     from lmtune.training.result import Interrupted
     from lmtune.training.train import train
 
     job_id = job["id"]
+    if _trained(job):  # stopped after its final save (in the report, say): nothing to redo
+        _succeed(store, job, Path(job["run_dir"]))
+        return True
     store.add_event(job_id, "Fine-tuning job started" if not _resuming(store, job) else
                     "Fine-tuning job resumed from its last checkpoint")
-    watch = _Watch(store, job_id, worker)
+    watch = _Watch(store, job_id, worker, parent)
     try:
         with watch:
-            result = train(**train_options(store, job), on_event=JobEvents(store, job))
+            result = train(**train_options(store, job), **(train_with or {}),
+                           on_event=JobEvents(store, job))
     except (Interrupted, Stopped, KeyboardInterrupt):
         return _interrupted(store, job_id, watch.wanted)
     except UserError as e:
@@ -72,8 +88,18 @@ def run_job(store: Store, job: dict, worker: str) -> bool:
         log.exception("job %s failed", job_id)
         _fail(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
         return True
-    _succeed(store, job, result)
+    _succeed(store, job, result.out)
     return True
+
+
+def _trained(job: dict) -> bool:
+    """The job's run wrote final/ after its newest checkpoint: training ended."""
+    from lmtune.run.resume import final_is_current
+
+    run = Path(job["run_dir"])
+    checkpoints = sorted((run / "checkpoints").glob("*"), key=lambda p: p.stat().st_mtime_ns)
+    return (run / "final").is_dir() and bool(checkpoints) and \
+        final_is_current(run, checkpoints[-1])
 
 
 def _resuming(store: Store, job: dict) -> bool:
@@ -97,9 +123,9 @@ def _fail(store: Store, job_id: str, code: str, message: str) -> None:
     store.add_event(job_id, f"Job failed: {message}", level="error")
 
 
-def _succeed(store: Store, job: dict, result) -> None:
+def _succeed(store: Store, job: dict, run: Path) -> None:
     name = model_name(job)
-    results = _results_file(store, job, result.out / "metrics.jsonl")
+    results = _results_file(store, job, run / "metrics.jsonl")
     store.update_job(job["id"], status="succeeded", worker=None, finished_at=int(time.time()),
                      fine_tuned_model=name, result_files=json.dumps([results]),
                      estimated_finish=None)
@@ -135,8 +161,8 @@ def _results_file(store: Store, job: dict, metrics) -> str:
 class _Watch:
     """The heartbeat, and the client's wish to cancel or pause turned into SIGTERM."""
 
-    def __init__(self, store: Store, job_id: str, worker: str):
-        self.store, self.job_id, self.worker = store, job_id, worker
+    def __init__(self, store: Store, job_id: str, worker: str, parent: int | None):
+        self.store, self.job_id, self.worker, self.parent = store, job_id, worker, parent
         self.wanted: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lmtune-watch")
@@ -150,7 +176,14 @@ class _Watch:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._done.wait(HEARTBEAT_S):
+        beat = 0.0
+        while not self._done.wait(ORPHAN_CHECK_S):
+            if _orphaned(self.parent):  # as if the server had sent SIGTERM before dying
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if time.monotonic() - beat < HEARTBEAT_S:
+                continue
+            beat = time.monotonic()
             try:
                 self.store.update_job(self.job_id, heartbeat=time.time())
                 wanted = self.store.job(self.job_id)["wanted"]

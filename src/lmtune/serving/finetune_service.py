@@ -36,9 +36,11 @@ def owner_of(api_key: str | None, header: str | None) -> str:
 
 
 class FineTuning:
-    def __init__(self, store: Store, workers: int):
+    def __init__(self, store: Store, workers: int, device: str = "auto",
+                 precision: str = "auto"):
         self.store = store
         self.n_workers = workers
+        self.train = ["--device", device, "--precision", precision]
         self.workers: list[subprocess.Popen] = []
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -54,7 +56,8 @@ class FineTuning:
             env = {**os.environ, "LMTUNE_HOME": str(self.store.home.parent)}
             self.workers.append(subprocess.Popen(
                 [sys.executable, "-m", "lmtune", "worker", "--store", self.store.url,
-                 "--name", f"serve-{os.getpid()}-{i}"],
+                 "--name", f"serve-{os.getpid()}-{i}", "--parent", str(os.getpid()),
+                 *self.train],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
             out.close()
 

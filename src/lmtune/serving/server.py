@@ -110,7 +110,8 @@ def prepare(cfg: ServeConfig) -> Startup:
     precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
     state = ServerState(cfg, key)
-    state.finetune = FineTuning(Store(cfg.store), cfg.workers)
+    # Jobs train on the device the server runs on; "auto" precision, as `lmtune train`.
+    state.finetune = FineTuning(Store(cfg.store), cfg.workers, cfg.device, cfg.precision)
     sock = _bind(cfg.host, cfg.port)
     return Startup(state, planned, sock, url_of(sock), device, precision,
                    threads, precision_warning(precision, device))
