@@ -217,3 +217,29 @@ def test_a_server_killed_mid_job_finishes_it_after_a_restart_as_if_never_stopped
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert max(v.abs().max().item() for v in a.values()) > 0
+
+
+def test_each_key_sees_only_its_own_files_jobs_and_models(tiny_gpt2, home, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\nkey-a\nkey-b\n")
+    with running_server([tiny_gpt2], api_keys_file=str(keys), max_queued_jobs=1) as (url, _):
+        a = openai.OpenAI(base_url=url + "/v1", api_key="key-a", max_retries=0)
+        b = openai.OpenAI(base_url=url + "/v1", api_key="key-b", max_retries=0)
+        uploaded = a.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                  purpose="fine-tune")
+        job = a.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id)
+        for call in (lambda: b.files.retrieve(uploaded.id),
+                     lambda: b.files.content(uploaded.id),
+                     lambda: b.fine_tuning.jobs.retrieve(job.id),
+                     lambda: b.fine_tuning.jobs.cancel(job.id),
+                     lambda: b.fine_tuning.jobs.list_events(job.id)):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        with pytest.raises(openai.BadRequestError, match="no such file"):
+            b.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id)
+        assert b.files.list().data == [] and b.fine_tuning.jobs.list().data == []
+        with pytest.raises(openai.RateLimitError, match="already has 1 jobs waiting"):
+            a.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="key-c",
+                          max_retries=0).files.list()

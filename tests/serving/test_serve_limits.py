@@ -187,11 +187,11 @@ def test_listening_beyond_loopback_needs_a_key_or_insecure(tiny_gpt2, capsys, mo
     err = capsys.readouterr().err
     assert err.startswith("error: --host 0.0.0.0 would let other machines use this server")
     assert "--api-key" in err and "Traceback" not in err
-    assert check(ServeConfig(host="0.0.0.0", insecure=True)) is None
-    assert check(ServeConfig(host="0.0.0.0", api_key="k")) == "k"
+    assert check(ServeConfig(host="0.0.0.0", insecure=True)) == []
+    assert check(ServeConfig(host="0.0.0.0", api_key="k")) == ["k"]
     monkeypatch.setenv("LMTUNE_API_KEY", "from-env")
-    assert check(ServeConfig(host="::")) == "from-env"
-    assert check(ServeConfig(host="::1")) == "from-env"
+    assert check(ServeConfig(host="::")) == ["from-env"]
+    assert check(ServeConfig(host="::1")) == ["from-env"]
 
 
 def test_cli_refuses_a_missing_model_or_bad_name_before_binding(tmp_path, capsys):

@@ -136,6 +136,9 @@ class ServeConfig:
     api_key: str | None = opt(None, "Require 'Authorization: Bearer KEY' on every route but "
                               "/health (default: the LMTUNE_API_KEY environment variable, "
                               "which keeps the key out of the process list).")
+    api_keys_file: str | None = opt(None, "A file of API keys, one per line, each accepted as "
+                                    "--api-key is; each key sees only the files, jobs and "
+                                    "fine-tuned models it created.")
     insecure: bool = opt(False, "Allow listening on a non-loopback address without an API key.")
     max_tokens_cap: int = opt(512, "Largest max_tokens a request may ask for.")
     max_concurrency: int = opt(16, "Requests generated at once, as one batch.")
@@ -144,6 +147,8 @@ class ServeConfig:
     max_request_bytes: int = opt(1_000_000, "Largest request body; larger ones get 413.")
     max_upload_bytes: int = opt(512 * 1024 * 1024, "Largest file upload (POST /v1/files); "
                                 "larger ones get 413.")
+    max_queued_jobs: int = opt(8, "Fine-tuning jobs one API key may have waiting (validating "
+                               "or queued) at once; more are answered 429.")
     workers: int = opt(1, "Processes that train fine-tuning jobs (POST /v1/fine_tuning/jobs), "
                        "one job each at a time; 0 starts none (run `lmtune worker` instead).")
     store: str | None = opt(None, "Database of the fine-tuning service, as a SQLAlchemy URL "

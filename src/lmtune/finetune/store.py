@@ -157,6 +157,13 @@ class Store:
                               .order_by(JOBS.c.seq)).mappings().all()
         return [dict(r) for r in rows]
 
+    def waiting(self, owner: str) -> int:
+        """Jobs of `owner` not yet training: validating or queued."""
+        with self.engine.connect() as db:
+            return db.execute(sa.select(sa.func.count()).where(
+                JOBS.c.owner == owner,
+                JOBS.c.status.in_(("validating_files", "queued")))).scalar()
+
     def model_job(self, model: str) -> dict | None:
         """The succeeded job whose fine-tuned model is `model`."""
         with self.engine.connect() as db:

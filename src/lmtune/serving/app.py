@@ -48,9 +48,9 @@ class AuthMiddleware:
     Runs before the body is read, so an unauthenticated client cannot make the server parse
     anything."""
 
-    def __init__(self, app, key: str):
+    def __init__(self, app, keys: list[str]):
         self.app = app
-        self.expected = b"Bearer " + key.encode()
+        self.expected = [b"Bearer " + key.encode() for key in keys]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -59,7 +59,8 @@ class AuthMiddleware:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
-        if not hmac.compare_digest(given, self.expected):
+        # Every key compared, whichever matches: the time says nothing about which one.
+        if not sum(hmac.compare_digest(given, key) for key in self.expected):
             response = error_response(401, "missing or wrong API key; send the header "
                                            "'Authorization: Bearer KEY'",
                                       type="authentication_error", code="invalid_api_key",
@@ -121,8 +122,8 @@ def create_app(state: ServerState) -> FastAPI:
     # Added last runs first: the key is checked before any byte of the body is read.
     app.add_middleware(BodyLimitMiddleware, limit=state.cfg.max_request_bytes,
                        upload_limit=state.cfg.max_upload_bytes)
-    if state.api_key:
-        app.add_middleware(AuthMiddleware, key=state.api_key)
+    if state.api_keys:
+        app.add_middleware(AuthMiddleware, keys=state.api_keys)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -181,7 +182,7 @@ def _add_model_routes(app, state: ServerState) -> None:
         return {"object": "list", "data": cards}
 
     def _owner(request: Request) -> str:
-        return owner_of(state.api_key, request.headers.get("authorization"))
+        return owner_of(state.api_keys, request.headers.get("authorization"))
 
     downloads = GgufDownloads(trust_remote_code=state.cfg.trust_remote_code,
                               allow_pickle=state.cfg.allow_pickle)

@@ -32,10 +32,10 @@ def add_finetune_routes(app, state: ServerState) -> None:
     store = state.finetune.store
 
     def owner(request: Request) -> str:
-        return owner_of(state.api_key, request.headers.get("authorization"))
+        return owner_of(state.api_keys, request.headers.get("authorization"))
 
     _file_routes(app, store, owner)
-    _job_routes(app, store, owner)
+    _job_routes(app, store, owner, state.cfg.max_queued_jobs)
     _job_detail_routes(app, store, owner)
 
 
@@ -88,11 +88,15 @@ def _file_routes(app, store, owner) -> None:
 
 
 
-def _job_routes(app, store, owner) -> None:
+def _job_routes(app, store, owner, max_waiting: int) -> None:
     @app.post("/v1/fine_tuning/jobs")
     async def create(request: Request):
         body = await _json_object(request)
         _check_create(body)
+        if await run_in_threadpool(store.waiting, owner(request)) >= max_waiting:
+            raise ApiError(429, f"this key already has {max_waiting} jobs waiting; wait for "
+                                f"one to start, or cancel one", type="rate_limit_error",
+                           code="too_many_jobs")
         try:
             row = await run_in_threadpool(create_job, store, owner(request), body)
         except JobError as e:

@@ -27,9 +27,10 @@ log = logging.getLogger("lmtune.serving")
 WORKER_STOP_S = 60.0  # a worker finishes its step and writes a checkpoint within this
 
 
-def owner_of(api_key: str | None, header: str | None) -> str:
-    """Who a request acts for: each API key owns the files, jobs and models it created."""
-    if not api_key:
+def owner_of(api_keys: list[str], header: str | None) -> str:
+    """Who a request acts for: each API key owns the files, jobs and models it created (the
+    key itself is not stored, only a hash of it)."""
+    if not api_keys:
         return "local"
     token = (header or "").removeprefix("Bearer ")
     return hashlib.sha256(token.encode()).hexdigest()[:16]

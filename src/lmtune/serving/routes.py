@@ -38,7 +38,7 @@ async def find_model(state: ServerState, request: Request, name: str, task: str)
     if name not in state.models and state.finetune is not None:
         from lmtune.serving.finetune_service import owner_of
 
-        owner = owner_of(state.api_key, request.headers.get("authorization"))
+        owner = owner_of(state.api_keys, request.headers.get("authorization"))
         await run_in_threadpool(state.finetune.load, name, owner, state)
     return state.lookup(name, task)
 

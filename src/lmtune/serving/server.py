@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from lmtune import config as config_mod
@@ -51,11 +52,27 @@ def check(cfg: ServeConfig) -> str | None:
     if problems:
         raise UserError("; ".join(problems))
     key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-    if not _is_loopback(cfg.host) and not key and not cfg.insecure:
+    keys = ([key] if key else []) + _keys_file(cfg.api_keys_file)
+    if not _is_loopback(cfg.host) and not keys and not cfg.insecure:
         raise UserError(f"--host {cfg.host} would let other machines use this server without "
                         f"an API key", hint=f"pass --api-key KEY (or set {API_KEY_ENV}), or "
                                             f"--insecure if the network is yours alone")
-    return key
+    return keys
+
+
+def _keys_file(path: str | None) -> list[str]:
+    """One key per line; blank lines and # comments skipped."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--api-keys-file {path}: {getattr(e, 'strerror', None) or e}",
+                        hint="one API key per line") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise UserError(f"--api-keys-file {path} holds no key", hint="one API key per line")
+    return keys
 
 
 def _is_loopback(host: str) -> bool:
@@ -104,12 +121,12 @@ def prepare(cfg: ServeConfig) -> Startup:
     from lmtune.device import pick_device, pick_precision, precision_warning, set_threads
     from lmtune.serving import registry
 
-    key = check(cfg)
+    keys = check(cfg)
     threads = set_threads(cfg.threads)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     planned = registry.plan(cfg.models, cfg.names)
-    state = ServerState(cfg, key)
+    state = ServerState(cfg, keys)
     # Jobs train on the device the server runs on; "auto" precision, as `lmtune train`.
     state.finetune = FineTuning(Store(cfg.store), cfg.workers, cfg.device, cfg.precision)
     sock = _bind(cfg.host, cfg.port)

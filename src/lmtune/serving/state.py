@@ -28,9 +28,9 @@ class ApiError(Exception):
 
 
 class ServerState:
-    def __init__(self, cfg: ServeConfig, api_key: str | None):
+    def __init__(self, cfg: ServeConfig, api_keys: list[str]):
         self.cfg = cfg
-        self.api_key = api_key
+        self.api_keys = api_keys          # any of them is let in; each owns what it makes
         self.status = "loading"          # loading -> ready -> draining; or failed
         self.models: dict = {}           # name -> registry.Served
         self.device, self.precision = "cpu", "fp32"  # what the models were loaded for
