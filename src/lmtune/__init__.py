@@ -19,7 +19,7 @@ from lmtune.version import __version__
 
 _API = ("train", "generate", "load", "merge", "export", "predict", "load_classifier",
         "evaluate_classifier", "evaluate_model", "compare", "diff", "write_report",
-        "inspect_data", "check_memorization", "prepare_data", "serve")
+        "inspect_data", "check_memorization", "prepare_data", "serve", "jobs")
 
 __all__ = [*_API, "UserError", "__version__"]
 

@@ -136,6 +136,16 @@ def export(run: str, out: str, *, format: str = "gguf", type: str | None = None,
                            allow_pickle=allow_pickle, **typed)
 
 
+def jobs(url: str | None = None, api_key: str | None = None):
+    """A client of a running server's fine-tuning API (the one `lmtune serve` offers):
+    `.create(data, model, suffix=..., hyperparameters={...})` uploads and starts a job,
+    `.show(id)`, `.list()`, `.events(id)`, `.follow(id)` (events until it ends) and
+    `.action(id, "cancel" | "pause" | "resume")`; every call returns the API's JSON."""
+    from lmtune.finetune.client import JobsClient
+
+    return JobsClient(url, api_key)
+
+
 @_quiet
 def serve(*models, on_event: Callable[[str, dict], None] | None = None, **options) -> None:
     """Serve models and runs over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C;

@@ -243,3 +243,25 @@ def test_each_key_sees_only_its_own_files_jobs_and_models(tiny_gpt2, home, tmp_p
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="key-c",
                           max_retries=0).files.list()
+
+
+def test_the_jobs_commands_and_the_python_client_speak_the_same_api(tiny_gpt2, home,
+                                                                     tmp_path, capsys):
+    import lmtune
+    from lmtune.cli.main import main
+
+    data = _chat_file(tmp_path / "qa.jsonl")
+    with running_server([tiny_gpt2], workers=1) as (url, _):
+        code = main(["jobs", "create", str(data), "--model", str(tiny_gpt2), "--url", url,
+                     "--epochs", "2", "--suffix", "cli", "--wait"])
+        out = capsys.readouterr().out.splitlines()
+        assert code == 0, out
+        job_id = out[0].split()[0]
+        assert job_id.startswith("ftjob-") and "validating_files" in out[0]
+        assert any("The job has successfully completed" in line for line in out)
+        assert out[-1].startswith(f"{job_id}  succeeded") and ":cli:" in out[-1]
+        client = lmtune.jobs(url)
+        assert [j["id"] for j in client.list()] == [job_id]
+        assert client.show(job_id)["status"] == "succeeded"
+        assert main(["jobs", "pause", job_id, "--url", url]) == 2
+        assert "a succeeded job cannot be paused" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from lmtune import config as config_mod
 from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, ExportConfig,
                            GenerateConfig, InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
                            ReportConfig, ServeConfig, TrainConfig,
-                           WorkerConfig)
+                           WorkerConfig, JobsOptions, JobsCreateConfig, JobConfig)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -78,6 +78,19 @@ COMMANDS: list[tuple[str, type, str, str]] = [
     ("worker", WorkerConfig, "Train queued fine-tuning jobs of the service (lmtune serve's "
                              "/v1/fine_tuning/jobs), one at a time.",
      "lmtune.cli.serve:cmd_worker"),
+    ("jobs create", JobsCreateConfig, "Upload data and start a fine-tuning job on a server.",
+     "lmtune.cli.jobs:cmd_create"),
+    ("jobs list", JobsOptions, "The server's fine-tuning jobs, newest first.",
+     "lmtune.cli.jobs:cmd_list"),
+    ("jobs show", JobConfig, "One fine-tuning job.", "lmtune.cli.jobs:cmd_show"),
+    ("jobs events", JobConfig, "A fine-tuning job's events (--follow: until it ends).",
+     "lmtune.cli.jobs:cmd_events"),
+    ("jobs cancel", JobConfig, "Cancel a fine-tuning job (its files are kept).",
+     "lmtune.cli.jobs:cmd_cancel"),
+    ("jobs pause", JobConfig, "Pause a fine-tuning job at a checkpoint.",
+     "lmtune.cli.jobs:cmd_pause"),
+    ("jobs resume", JobConfig, "Resume a paused fine-tuning job from its checkpoint.",
+     "lmtune.cli.jobs:cmd_resume"),
     ("predict", PredictConfig, "Label texts with a classification run (lmtune train "
                                "--task classify).", "lmtune.cli.classify:cmd_predict"),
     ("eval", EvalConfig, "Loss and perplexity of a model or run on a data file "

@@ -176,6 +176,38 @@ class WorkerConfig:
                              "process with this id ends: lmtune serve starts its workers so.")
 
 
+SERVER_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class JobsOptions:
+    url: str = opt(SERVER_URL, "The lmtune server whose fine-tuning API to use (lmtune serve).")
+    api_key: str | None = opt(None, "API key (default: the LMTUNE_API_KEY environment "
+                              "variable).")
+    json: bool = opt(False, "Print the API's JSON objects, one per line.")
+
+
+@dataclass
+class JobsCreateConfig(JobsOptions):
+    data: str = opt("", "Training data: .jsonl of chat messages ({\"messages\": [...]}), "
+                    "prompt/completion pairs or text.", positional=True)
+    model: str = opt(DEFAULT_MODEL, "Base model to fine-tune: a name or path the server can "
+                     "load.")
+    validation: str | None = opt(None, "Validation data (same formats).")
+    suffix: str | None = opt(None, "Part of the fine-tuned model's name (up to 64 characters).")
+    seed: int | None = opt(None, "Seed of the job (default: chosen by the server).")
+    epochs: int | None = opt(None, "Passes over the data (default: auto, from its size).")
+    batch_size: int | None = opt(None, "Blocks per step (default: auto).")
+    lr_multiplier: float | None = opt(None, "Multiplies the default learning rate (default: 1).")
+    wait: bool = opt(False, "Follow the job's events until it has finished.")
+
+
+@dataclass
+class JobConfig(JobsOptions):
+    job: str = opt("", "Job id (ftjob-...).", positional=True)
+    follow: bool = opt(False, "events: keep printing new events until the job has finished.")
+
+
 @dataclass
 class EvalConfig(DataOptions):
     data: str = opt("", "Data to evaluate on (same formats and data flags as train; a run's own "
