@@ -265,3 +265,50 @@ def test_the_jobs_commands_and_the_python_client_speak_the_same_api(tiny_gpt2, h
         assert client.show(job_id)["status"] == "succeeded"
         assert main(["jobs", "pause", job_id, "--url", url]) == 2
         assert "a succeeded job cannot be paused" in capsys.readouterr().err
+
+
+@pytest.mark.faults
+def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, tmp_path):
+    """Bad JSON, wrong types, unknown ids, huge bodies and fields of every kind: each a 4xx
+    in OpenAI's error shape."""
+    import httpx
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() |
+                          st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
+                          st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+    keys = st.sampled_from(["model", "training_file", "validation_file", "suffix", "seed",
+                            "metadata", "method", "hyperparameters", "x"])
+    with running_server([tiny_gpt2], max_request_bytes=10_000,
+                        max_upload_bytes=20_000) as (url, _):
+        http = httpx.Client(base_url=url, timeout=30)
+
+        def check(response):
+            assert 400 <= response.status_code < 500, response.text
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+        @settings(max_examples=60, deadline=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.dictionaries(keys, values, max_size=5))
+        def create(body):
+            check(http.post("/v1/fine_tuning/jobs", json=body))
+
+        create()
+        for method, path, kwargs in [
+                ("POST", "/v1/fine_tuning/jobs", {"content": b"{not json"}),
+                ("POST", "/v1/fine_tuning/jobs", {"json": [1, 2]}),
+                ("POST", "/v1/fine_tuning/jobs", {"content": b"x" * 20_000}),
+                ("GET", "/v1/fine_tuning/jobs?limit=0", {}),
+                ("GET", "/v1/fine_tuning/jobs?limit=abc", {}),
+                ("GET", "/v1/fine_tuning/jobs/ftjob-x/events", {}),
+                ("GET", "/v1/fine_tuning/jobs/ftjob-x/checkpoints", {}),
+                ("POST", "/v1/fine_tuning/jobs/ftjob-x/cancel", {}),
+                ("GET", "/v1/files/file-x/content", {}),
+                ("DELETE", "/v1/files/file-x", {}),
+                ("POST", "/v1/files", {"data": {"purpose": "fine-tune"}}),
+                ("POST", "/v1/files", {"files": {"file": ("a.jsonl", b"{}")},
+                                       "data": {"purpose": "batch"}}),
+                ("POST", "/v1/files", {"files": {"file": ("a.jsonl", b"x" * 30_000)},
+                                       "data": {"purpose": "fine-tune"}})]:
+            check(http.request(method, path, **kwargs))

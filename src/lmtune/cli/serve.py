@@ -27,7 +27,10 @@ def cmd_serve(cfg: ServeConfig) -> int:
                   f"-d '{{\"model\": \"{next(iter(data['models']))}\", \"prompt\": \"Hello\", "
                   f"\"max_tokens\": 20}}'", file=sys.stderr)
             print(f"GGUF for llama.cpp, Ollama or LM Studio: GET {data['url']}/v1/models/NAME"
-                  f"/gguf?type=q8_0 (exported on first request)", file=sys.stderr, flush=True)
+                  f"/gguf?type=q8_0 (exported on first request)", file=sys.stderr)
+            print(f"fine-tuning: POST {data['url']}/v1/fine_tuning/jobs, or lmtune jobs create "
+                  f"DATA --url {data['url']} ({data['workers']} worker process(es); store "
+                  f"{data['store']})", file=sys.stderr, flush=True)
         elif event == "draining":
             print(f"stopping: finishing {data['in_flight']} request(s) in flight; a second "
                   f"signal stops at once", file=sys.stderr, flush=True)

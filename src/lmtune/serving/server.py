@@ -163,7 +163,8 @@ def load_models(prepared: Startup, on_event: Callable[[str, dict], None]) -> Non
     on_event("ready", {"url": prepared.url, "device": device, "precision": precision,
                        "models": {n: _describe(s) for n, s in models.items()},
                        "weights_loaded": len(groups), "threads": prepared.threads.line(),
-                       "warning": prepared.warning})
+                       "warning": prepared.warning, "workers": state.finetune.n_workers,
+                       "store": state.finetune.store.url})
 
 
 def _describe(served) -> str:
