@@ -22,8 +22,14 @@ def running_server(models: list[str] = (), names: list[str] = (), **options):
     from lmtune.config import ServeConfig
     from lmtune.serving.server import build_server, prepare
 
-    # No worker processes unless a test asks: most serve tests train nothing.
-    options = dict(dict(port=0, precision="fp32", device="cpu", workers=0), **options)
+    # No worker processes unless a test asks: most serve tests train nothing. A store of
+    # the test's own, never the user's $LMTUNE_HOME/service (and its fine-tuned models).
+    import os
+    import tempfile
+
+    store = Path(os.environ.get("LMTUNE_HOME") or tempfile.mkdtemp()) / "service" / "lmtune.db"
+    options = dict(dict(port=0, precision="fp32", device="cpu", workers=0,
+                        store=f"sqlite:///{store}"), **options)
     cfg = config_mod.build(ServeConfig, dict(options, models=[str(m) for m in models],
                                              names=list(names)))
     prepared = prepare(cfg)

@@ -73,6 +73,9 @@ def test_a_chat_file_fine_tunes_into_a_model_that_is_served_at_once(tiny_gpt2, h
             model=job.fine_tuned_model, messages=[{"role": "user", "content": QA[1][0]}],
             max_tokens=16, temperature=0)
         assert answer.choices[0].message.content is not None
+        step = client.completions.create(model=checkpoints[0].fine_tuned_model_checkpoint,
+                                         prompt="why", max_tokens=4, temperature=0)
+        assert step.choices[0].text is not None  # a checkpoint is served as a model too
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [job.id]
 
 

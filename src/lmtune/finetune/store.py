@@ -80,7 +80,13 @@ def service_home() -> Path:
 
 class Store:
     def __init__(self, url: str | None = None, home: Path | None = None):
-        self.home = Path(home) if home else service_home()
+        # Uploaded files and runs live beside a SQLite database; a server database (shared
+        # by workers on several machines) keeps them under $LMTUNE_HOME/service, which those
+        # machines must share.
+        sqlite_file = url.removeprefix("sqlite:///") if url and url.startswith("sqlite:///") \
+            else None
+        self.home = Path(home) if home else (Path(sqlite_file).parent if sqlite_file
+                                             else service_home())
         self.home.mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{self.home / 'lmtune.db'}"
         sqlite = self.url.startswith("sqlite")

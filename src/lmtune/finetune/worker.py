@@ -73,7 +73,7 @@ def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
         _succeed(store, job, Path(job["run_dir"]))
         return True
     store.add_event(job_id, "Fine-tuning job started" if not _resuming(store, job) else
-                    "Fine-tuning job resumed from its last checkpoint")
+                    "Fine-tuning job resumed from its last checkpoint", data={"worker": worker})
     watch = _Watch(store, job_id, worker, parent)
     try:
         with watch:
