@@ -315,3 +315,19 @@ def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, t
                 ("POST", "/v1/files", {"files": {"file": ("a.jsonl", b"x" * 30_000)},
                                        "data": {"purpose": "fine-tune"}})]:
             check(http.request(method, path, **kwargs))
+
+
+def test_a_job_on_two_processes_reports_its_training_from_the_run(tiny_gpt2, home, tmp_path):
+    """--job-devices 2: the job trains under torchrun (gloo on the CPU here, one process per
+    GPU on a GPU machine); its metrics and checkpoints come from the run folder."""
+    with running_server([tiny_gpt2], workers=1, job_devices=2) as (url, _):
+        client = _client(url)
+        uploaded = client.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                       purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(**_job_opts(tiny_gpt2, uploaded.id, epochs=2))
+        job = _wait(client, job.id, seconds=400)
+        assert job.status == "succeeded", job.error
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        assert "Training on 2 processes (torchrun)" in [e.message for e in events]
+        assert any(e.type == "metrics" and "train_loss" in e.data for e in events)
+        assert client.fine_tuning.jobs.checkpoints.list(job.id).data

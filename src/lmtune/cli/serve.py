@@ -48,4 +48,5 @@ def cmd_worker(cfg) -> int:
     store = Store(cfg.store)
     print(f"worker: taking jobs from {store.url}", file=sys.stderr, flush=True)
     return run_worker(store, name=cfg.name, once=cfg.once, parent=cfg.parent,
-                      train={"device": cfg.device, "precision": cfg.precision})
+                      train={"device": cfg.device, "precision": cfg.precision,
+                             **({"devices": cfg.devices} if cfg.devices > 1 else {})})

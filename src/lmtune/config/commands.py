@@ -149,6 +149,8 @@ class ServeConfig:
                                 "larger ones get 413.")
     max_queued_jobs: int = opt(8, "Fine-tuning jobs one API key may have waiting (validating "
                                "or queued) at once; more are answered 429.")
+    job_devices: int = opt(1, "Processes each fine-tuning job trains on, one per GPU "
+                           "(lmtune train --devices).")
     workers: int = opt(1, "Processes that train fine-tuning jobs (POST /v1/fine_tuning/jobs), "
                        "one job each at a time; 0 starts none (run `lmtune worker` instead).")
     store: str | None = opt(None, "Database of the fine-tuning service, as a SQLAlchemy URL "
@@ -171,6 +173,8 @@ class WorkerConfig:
                            "process id).")
     once: bool = opt(False, "Stop when the queue is empty instead of waiting for jobs.")
     device: str = opt("auto", "Device jobs train on.", choices=DEVICES)
+    devices: int = opt(1, "Processes each job trains on, one per GPU (lmtune train "
+                       "--devices, under torchrun).")
     precision: str = opt("auto", "Numeric precision jobs train in.", choices=PRECISIONS)
     parent: int | None = opt(None, "Stop (a running job checkpoints and queues again) when the "
                              "process with this id ends: lmtune serve starts its workers so.")

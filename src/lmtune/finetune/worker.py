@@ -74,11 +74,18 @@ def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
         return True
     store.add_event(job_id, "Fine-tuning job started" if not _resuming(store, job) else
                     "Fine-tuning job resumed from its last checkpoint", data={"worker": worker})
-    watch = _Watch(store, job_id, worker, parent)
+    train_with = train_with or {}
+    events = JobEvents(store, job)
+    # On several processes the training runs under torchrun, whose events stay there: the
+    # job's events are then read from the run folder as rank 0 writes it.
+    tail = RunTail(events, Path(job["run_dir"])) if train_with.get("devices", 1) > 1 else None
+    if tail:
+        store.add_event(job_id, f"Training on {train_with['devices']} processes (torchrun)")
+    watch = _Watch(store, job_id, worker, parent, tail)
     try:
         with watch:
-            result = train(**train_options(store, job), **(train_with or {}),
-                           on_event=JobEvents(store, job))
+            result = train(**train_options(store, job), **train_with,
+                           on_event=None if tail else events)
     except (Interrupted, Stopped, KeyboardInterrupt):
         return _interrupted(store, job_id, watch.wanted)
     except UserError as e:
@@ -88,6 +95,8 @@ def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
         log.exception("job %s failed", job_id)
         _fail(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
         return True
+    if tail:
+        tail.poll()  # what rank 0 wrote after the last look
     _succeed(store, job, result.out)
     return True
 
@@ -161,8 +170,10 @@ def _results_file(store: Store, job: dict, metrics) -> str:
 class _Watch:
     """The heartbeat, and the client's wish to cancel or pause turned into SIGTERM."""
 
-    def __init__(self, store: Store, job_id: str, worker: str, parent: int | None):
+    def __init__(self, store: Store, job_id: str, worker: str, parent: int | None,
+                 tail: "RunTail | None" = None):
         self.store, self.job_id, self.worker, self.parent = store, job_id, worker, parent
+        self.tail = tail
         self.wanted: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lmtune-watch")
@@ -181,6 +192,11 @@ class _Watch:
             if _orphaned(self.parent):  # as if the server had sent SIGTERM before dying
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
+            if self.tail is not None:
+                try:
+                    self.tail.poll()
+                except Exception:  # a record half written, a busy database: next time
+                    log.warning("reading the run's records failed", exc_info=True)
             if time.monotonic() - beat < HEARTBEAT_S:
                 continue
             beat = time.monotonic()
@@ -236,6 +252,9 @@ class JobEvents:
     def _log(self, data: dict) -> None:
         self.train_loss = data["loss"]
         step = data["step"]
+        if self.total is None and data.get("epoch"):  # no "start" event: from the epochs
+            epochs = json.loads(self.job["settings"])["n_epochs"]
+            self.total = round(step / data["epoch"] * float(epochs))
         done = max(1, step - self.start_step)
         left = (time.monotonic() - self.started) / done * max(0, (self.total or step) - step)
         self.store.update_job(self.job["id"], trained_tokens=data.get("tokens"),
@@ -245,3 +264,33 @@ class JobEvents:
                              data={"step": step, "train_loss": data["loss"],
                                    "total_steps": self.total,
                                    "learning_rate": data.get("lr")})
+
+
+class RunTail:
+    """A job's events from its run folder: new metrics.jsonl records (training and validation
+    loss) and new complete checkpoints, fed to JobEvents as training's own events would be."""
+
+    def __init__(self, events: JobEvents, run: Path):
+        self.events, self.run = events, run
+        self.offset = 0
+        self.checkpoints: set[str] = set()
+
+    def poll(self) -> None:
+        metrics = self.run / "metrics.jsonl"
+        if metrics.is_file():
+            with open(metrics, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+            whole = data[:data.rfind(b"\n") + 1]  # a line still being written waits
+            self.offset += len(whole)
+            for line in whole.decode("utf-8", "replace").splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if "loss" in record:
+                    self.events("log", record)
+                elif "val_loss" in record:
+                    self.events("eval", record)
+        for folder in sorted((self.run / "checkpoints").glob("step-*")):
+            if folder.name not in self.checkpoints and (folder / "manifest.json").is_file():
+                self.checkpoints.add(folder.name)
+                self.events("checkpoint", {"step": int(folder.name.split("-")[1]),
+                                           "path": str(folder)})

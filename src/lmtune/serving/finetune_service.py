@@ -38,10 +38,10 @@ def owner_of(api_keys: list[str], header: str | None) -> str:
 
 class FineTuning:
     def __init__(self, store: Store, workers: int, device: str = "auto",
-                 precision: str = "auto"):
+                 precision: str = "auto", devices: int = 1):
         self.store = store
         self.n_workers = workers
-        self.train = ["--device", device, "--precision", precision]
+        self.train = ["--device", device, "--precision", precision, "--devices", str(devices)]
         self.workers: list[subprocess.Popen] = []
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

@@ -128,7 +128,8 @@ def prepare(cfg: ServeConfig) -> Startup:
     planned = registry.plan(cfg.models, cfg.names)
     state = ServerState(cfg, keys)
     # Jobs train on the device the server runs on; "auto" precision, as `lmtune train`.
-    state.finetune = FineTuning(Store(cfg.store), cfg.workers, cfg.device, cfg.precision)
+    state.finetune = FineTuning(Store(cfg.store), cfg.workers, cfg.device, cfg.precision,
+                                cfg.job_devices)
     sock = _bind(cfg.host, cfg.port)
     return Startup(state, planned, sock, url_of(sock), device, precision,
                    threads, precision_warning(precision, device))
