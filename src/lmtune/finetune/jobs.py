@@ -89,10 +89,12 @@ def validate_job(store: Store, job: dict) -> bool:
     request, settings = json.loads(job["request"]), json.loads(job["settings"])
     try:
         n_examples, tokens = _check_files(store, job, request)
-    except JobError as e:
-        store.update_job(job["id"], status="failed", error=json.dumps(e.error),
+    except Exception as e:  # a bug too must fail the job, not leave it validating for ever
+        error = e.error if isinstance(e, JobError) else JobError(
+            "internal_error", f"checking the files failed: {type(e).__name__}: {e}").error
+        store.update_job(job["id"], status="failed", error=json.dumps(error),
                          finished_at=int(time.time()))
-        store.add_event(job["id"], f"Validation failed: {e.error['message']}", level="error")
+        store.add_event(job["id"], f"Validation failed: {error['message']}", level="error")
         return False
     if settings["n_epochs"] == "auto":
         settings["n_epochs"] = auto_epochs(n_examples)
