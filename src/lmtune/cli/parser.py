@@ -73,7 +73,8 @@ COMMANDS: list[tuple[str, type, str, str]] = [
      "lmtune.cli.data:cmd_prepare"),
     ("demo", DemoConfig, "Fine-tune the default model on the jokes that pyjokes ships and "
                          "show samples before and after.", "lmtune.cli.train:cmd_demo"),
-    ("serve", ServeConfig, "Serve models and runs over an OpenAI-compatible HTTP API.",
+    ("serve", ServeConfig, "Serve models and runs over an OpenAI-compatible HTTP API, "
+                           "with OpenAI's fine-tuning API (files and jobs) beside it.",
      "lmtune.cli.serve:cmd_serve"),
     ("worker", WorkerConfig, "Train queued fine-tuning jobs of the service (lmtune serve's "
                              "/v1/fine_tuning/jobs), one at a time.",
