@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lmtune.errors import UserError
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -67,6 +69,13 @@ def remove_folder(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(folder, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def refuse_filled_folder(target: Path) -> None:
+    """`--out` for a folder lmtune writes whole: a new or empty folder, never one with files."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"--out {target} already exists and is not empty",
+                        hint="pass a new folder")
 
 
 @contextmanager

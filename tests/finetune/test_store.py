@@ -43,3 +43,15 @@ def test_a_dead_workers_job_goes_back_to_the_queue(tmp_path):
 
 def test_auto_epochs_follow_openais_rule():
     assert [auto_epochs(n) for n in (5, 20, 34, 100, 9000, 30000)] == [20, 5, 3, 3, 2, 1]
+
+
+def test_a_store_that_cannot_be_used_is_one_error_line(capsys):
+    from lmtune.cli.main import main
+
+    for store, words in [("nonsense", "is not a database URL lmtune can use"),
+                         ("postgresql+psycopg://lmtune@127.0.0.1:1/none",
+                          "the database cannot be opened")]:
+        assert main(["worker", "--store", store, "--once"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --store ") and words in err, err
+        assert "Traceback" not in err

@@ -137,7 +137,10 @@ def test_a_running_job_pauses_at_a_checkpoint_and_resumes_from_it(tiny_gpt2, hom
                                        purpose="fine-tune")
         job = client.fine_tuning.jobs.create(**_job_opts(tiny_gpt2, uploaded.id))
         _wait(client, job.id, done=("running",))
-        while not client.fine_tuning.jobs.list_events(job.id).data[0].type == "metrics":
+        deadline = time.monotonic() + 240
+        while client.fine_tuning.jobs.list_events(job.id).data[0].type != "metrics":
+            assert time.monotonic() < deadline and \
+                client.fine_tuning.jobs.retrieve(job.id).status == "running"
             time.sleep(0.2)
         client.fine_tuning.jobs.pause(job.id)
         assert _wait(client, job.id, done=("paused",)).status == "paused"
@@ -197,7 +200,10 @@ def test_a_server_killed_mid_job_finishes_it_after_a_restart_as_if_never_stopped
                                        purpose="fine-tune")
         opts = _job_opts(tiny_gpt2, uploaded.id, epochs=50, batch_size=1)
         killed = client.fine_tuning.jobs.create(**opts)
+        deadline = time.monotonic() + 240
         while not client.fine_tuning.jobs.checkpoints.list(killed.id).data:
+            assert time.monotonic() < deadline and client.fine_tuning.jobs.retrieve(
+                killed.id).status in ("validating_files", "queued", "running")
             time.sleep(0.2)
         server.kill()
         server.wait()

@@ -1,16 +1,6 @@
 """Conversations as training data: OpenAI's chat fine-tuning format, one record per line,
-`{"messages": [{"role", "content", "weight"?}, ...]}`.
-
-A conversation is rendered with the model's own chat template, the text it will see when it
-is asked in chat (`lmtune generate --chat`, `lmtune serve`'s chat completions), and the loss
-falls on the assistant's answers only, end-of-turn token included, and only where `weight`
-is not 0 (as OpenAI trains). Which characters are an answer is found by rendering the
-conversation up to each answer with and without it; the tokens whose first character falls
-in an answer count in the loss. The whole text is tokenized in one piece, so the tokens are
-exactly those of inference, not the joins of separately tokenized parts.
-
-Rendering and tokenizing are in chat_tokens.py; this module reads and checks the records.
-"""
+`{"messages": [{"role", "content", "weight"?}, ...]}`, read and checked as OpenAI's data
+checker does. How they are rendered and which tokens count in the loss: chat_tokens.py."""
 
 from __future__ import annotations
 

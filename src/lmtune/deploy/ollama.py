@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.atomic import new_folder
+from lmtune.atomic import new_folder, refuse_filled_folder
 from lmtune.data.tokenize import start_token_id
 from lmtune.deploy.gguf import ExportResult, export_gguf
 from lmtune.errors import UserError
@@ -106,9 +106,7 @@ def _quoted(text: str) -> str:
 def export_ollama(run: str, out: str, *, type: str = "q8_0", trust_remote_code: bool = False,
                   allow_pickle: bool = False) -> OllamaResult:
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"--out {target} already exists and is not empty",
-                        hint="pass a new folder")
+    refuse_filled_folder(target)
     resolved = resolve(run)
     template = choose_template(resolved.info, load_tokenizer(resolved, trust_remote_code))
     if '"""' in template.text:

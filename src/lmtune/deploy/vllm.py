@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmtune.atomic import new_folder
+from lmtune.atomic import new_folder, refuse_filled_folder
 from lmtune.errors import UserError
 from lmtune.models.resolve import refuse_classifier, resolve
 from lmtune.progress import stage
@@ -45,9 +45,7 @@ class VllmResult:
 def export_vllm(run: str, out: str, *, type: str = "bf16", trust_remote_code: bool = False,
                 allow_pickle: bool = False) -> VllmResult:
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"--out {target} already exists and is not empty",
-                        hint="pass a new folder")
+    refuse_filled_folder(target)
     if type not in DTYPES:
         raise UserError(f"--type {type} is not a type vLLM loads from a model folder",
                         hint="--type bf16 (vLLM's usual), f16 or f32")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from lmtune.errors import UserError
 from lmtune.home import lmtune_home
 
 META = sa.MetaData()
@@ -90,11 +91,25 @@ class Store:
         self.home.mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{self.home / 'lmtune.db'}"
         sqlite = self.url.startswith("sqlite")
-        # SQLite: one writer at a time; a busy database makes a writer wait, not fail.
-        self.engine = sa.create_engine(self.url, connect_args={"timeout": 30} if sqlite else {})
-        if sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_wal)
-        META.create_all(self.engine)
+        try:
+            # SQLite: one writer at a time; a busy database makes a writer wait, not fail.
+            self.engine = sa.create_engine(self.url,
+                                           connect_args={"timeout": 30} if sqlite else {})
+            if sqlite:
+                sa.event.listen(self.engine, "connect", _sqlite_wal)
+            META.create_all(self.engine)
+        except sa.exc.ArgumentError:
+            raise UserError(f"--store {self.url!r} is not a database URL lmtune can use",
+                            hint="e.g. sqlite:////path/lmtune.db or "
+                                 "postgresql+psycopg://user@host/dbname") from None
+        except ModuleNotFoundError as e:
+            raise UserError(f"--store {self.url}: its database driver ({e.name}) is not "
+                            f"installed", hint="for PostgreSQL: pip install "
+                                               "'psycopg[binary]'") from None
+        except sa.exc.OperationalError as e:
+            raise UserError(f"--store {self.url}: the database cannot be opened "
+                            f"({str(e.orig).strip().splitlines()[0]})",
+                            hint="check that the server runs and the URL names it") from None
 
     @property
     def files_dir(self) -> Path:

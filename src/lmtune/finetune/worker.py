@@ -72,8 +72,10 @@ def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
     if _trained(job):  # stopped after its final save (in the report, say): nothing to redo
         _succeed(store, job, Path(job["run_dir"]))
         return True
-    store.add_event(job_id, "Fine-tuning job started" if not _resuming(store, job) else
-                    "Fine-tuning job resumed from its last checkpoint", data={"worker": worker})
+    options = train_options(store, job)
+    store.add_event(job_id, "Fine-tuning job resumed from its last checkpoint"
+                    if options.get("resume") else "Fine-tuning job started",
+                    data={"worker": worker})
     train_with = train_with or {}
     events = JobEvents(store, job)
     # On several processes the training runs under torchrun, whose events stay there: the
@@ -84,7 +86,7 @@ def run_job(store: Store, job: dict, worker: str, parent: int | None = None,
     watch = _Watch(store, job_id, worker, parent, tail)
     try:
         with watch:
-            result = train(**train_options(store, job), **train_with,
+            result = train(**options, **train_with,
                            on_event=None if tail else events)
     except (Interrupted, Stopped, KeyboardInterrupt):
         return _interrupted(store, job_id, watch.wanted)
@@ -109,10 +111,6 @@ def _trained(job: dict) -> bool:
     checkpoints = sorted((run / "checkpoints").glob("*"), key=lambda p: p.stat().st_mtime_ns)
     return (run / "final").is_dir() and bool(checkpoints) and \
         final_is_current(run, checkpoints[-1])
-
-
-def _resuming(store: Store, job: dict) -> bool:
-    return bool(train_options(store, job).get("resume"))
 
 
 def _interrupted(store: Store, job_id: str, wanted: str | None) -> bool:

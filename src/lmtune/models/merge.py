@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lmtune.atomic import new_folder
+from lmtune.atomic import new_folder, refuse_filled_folder
 from lmtune.errors import UserError
 from lmtune.models.generate import encode_prompt
 from lmtune.models.load import attach_adapter, load_base, load_tokenizer
@@ -34,9 +34,7 @@ def merge(run: str, out: str, *, trust_remote_code: bool = False,
         raise UserError(f"{run} holds a full model, not a LoRA adapter; there is nothing to "
                         f"merge", hint="use it directly with --model")
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"--out {target} already exists and is not empty",
-                        hint="pass a new folder")
+    refuse_filled_folder(target)
     tokenizer = load_tokenizer(resolved, trust_remote_code)
     # fp32 throughout: merging in bf16 would round the base weights and the check below
     # would measure the rounding, not the merge.

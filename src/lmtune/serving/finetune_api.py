@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from pathlib import Path
 
 from fastapi import File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -232,6 +233,4 @@ def _save_upload(store, owner: str, upload: UploadFile, purpose: str) -> dict:
 
 
 def _unlink(path: str) -> None:
-    from pathlib import Path
-
     Path(path).unlink(missing_ok=True)
