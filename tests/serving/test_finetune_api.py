@@ -281,7 +281,7 @@ def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, t
     """Bad JSON, wrong types, unknown ids, huge bodies and fields of every kind: each a 4xx
     in OpenAI's error shape."""
     import httpx
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
     values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() |
@@ -300,8 +300,14 @@ def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, t
         @settings(max_examples=60, deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture])
         @given(st.dictionaries(keys, values, max_size=5))
+        @example({"model": float("inf")})
+        @example({"seed": float("nan"), "training_file": "file-x"})
+        @example({"method": {"type": "supervised", "supervised": {
+            "hyperparameters": {"n_epochs": float("inf"), "learning_rate_multiplier": float("nan")}}}})
         def create(body):
-            check(http.post("/v1/fine_tuning/jobs", json=body))
+            # json.dumps writes NaN and Infinity as Python does; httpx's json= refuses them.
+            check(http.post("/v1/fine_tuning/jobs", content=json.dumps(body),
+                            headers={"content-type": "application/json"}))
 
         create()
         for method, path, kwargs in [
