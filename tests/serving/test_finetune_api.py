@@ -79,6 +79,52 @@ def test_a_chat_file_fine_tunes_into_a_model_that_is_served_at_once(tiny_gpt2, h
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [job.id]
 
 
+def test_a_csv_of_quotes_with_a_template_fine_tunes_with_lmtunes_own_choices(tiny_gpt2, home,
+                                                                           tmp_path):
+    """lmtune's options ride in extra_body: the CSV is checked and trained as `lmtune train
+    quotes.csv --template ...` would read it, and the job reports what it trained with."""
+    from lmtune.config import read_saved
+
+    quotes = tmp_path / "quotes.csv"
+    quotes.write_text("quote,author\n" + "".join(
+        f"{q},{a}\n" for q, a in [("less is more", "browning"), ("know thyself", "socrates"),
+                                  ("stay hungry", "jobs")] * 4))
+    lmtune = {"template": "Quote: {quote} - {author}", "lr": 5e-3, "val_split": 0.25}
+    with running_server([tiny_gpt2], workers=1) as (url, _):
+        client = _client(url)
+        uploaded = client.files.create(file=quotes, purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id,
+                                             hyperparameters={"n_epochs": 1},
+                                             extra_body={"lmtune": lmtune})
+        assert job.model_extra["lmtune"]["format"] == "csv"  # from the file's name
+        job = _wait(client, job.id)
+        assert job.status == "succeeded", job.error
+        assert job.model_extra["lmtune"] == {**lmtune, "method": "lora", "format": "csv",
+                                             "column": None, "prompt_template": None,
+                                             "completion_template": None, "block_size": None}
+        assert job.method.type == "supervised" and job.trained_tokens > 0
+        saved = read_saved(home / "service" / "runs" / job.id / "config.yaml")
+        assert (saved.template, saved.lr, saved.val_split, saved.format) == (
+            lmtune["template"], 5e-3, 0.25, "csv")
+
+
+def test_bad_lmtune_options_are_a_400_that_names_the_field(tiny_gpt2, home, tmp_path):
+    with running_server([tiny_gpt2]) as (url, _):  # no worker: nothing trains
+        client = _client(url)
+        uploaded = client.files.create(file=_chat_file(tmp_path / "qa.jsonl"),
+                                       purpose="fine-tune")
+        for lmtune, param, words in [
+                ({"val_split": 0.7}, "lmtune.val_split", "must be a number from 0 up to"),
+                ({"method": "qlora"}, "lmtune.method", "must be one of lora, full, freeze"),
+                ({"lr": -1}, "lmtune.lr", "must be a number above 0"),
+                ({"learning_rate": 1e-4}, "lmtune.learning_rate", "the options are: method, lr")]:
+            with pytest.raises(openai.BadRequestError, match=words) as caught:
+                client.fine_tuning.jobs.create(model=str(tiny_gpt2), training_file=uploaded.id,
+                                               extra_body={"lmtune": lmtune})
+            assert caught.value.param == param and param in caught.value.message
+        assert client.fine_tuning.jobs.list().data == []
+
+
 def test_a_bad_file_fails_the_job_with_its_line(tiny_gpt2, home, tmp_path):
     rows = [{"messages": [{"role": "user", "content": "hi"},
                           {"role": "assistant", "content": "hello"}]}] * 12
@@ -288,7 +334,7 @@ def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, t
                           st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
                           st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
     keys = st.sampled_from(["model", "training_file", "validation_file", "suffix", "seed",
-                            "metadata", "method", "hyperparameters", "x"])
+                            "metadata", "method", "hyperparameters", "lmtune", "x"])
     with running_server([tiny_gpt2], max_request_bytes=10_000,
                         max_upload_bytes=20_000) as (url, _):
         http = httpx.Client(base_url=url, timeout=30)

@@ -1,9 +1,13 @@
 """Rows of the store as the JSON objects OpenAI's API returns, field for field with
-openai-python's types (types/file_object.py, types/fine_tuning/*.py)."""
+openai-python's types (types/file_object.py, types/fine_tuning/*.py). A job also carries
+"lmtune", the lmtune options it trains with; openai-python keeps fields it does not know in
+`model_extra`."""
 
 from __future__ import annotations
 
 import json
+
+from lmtune.finetune.jobs import job_options
 
 ORGANIZATION = "org-lmtune"
 
@@ -31,6 +35,7 @@ def job_object(row: dict) -> dict:
         "estimated_finish": row["estimated_finish"] if row["status"] == "running" else None,
         "integrations": [], "metadata": request.get("metadata"),
         "user_provided_suffix": request.get("suffix"),
+        "lmtune": job_options(settings),
     }
 
 
