@@ -171,6 +171,17 @@ def build_report(opts, tokenizer, *, model: str, block_size: int | None,
     """Read `opts.data` with the data flags in `opts` (any config with the DataOptions
     fields) and describe it. `block_size` None: the one `train` would pick for this data,
     from the training share of a (val_split, seed) `split`."""
+    report, _, _ = read_and_describe(opts, tokenizer, model=model, block_size=block_size,
+                                     parameters=parameters, context=context, split=split)
+    return report
+
+
+def read_and_describe(opts, tokenizer, *, model: str, block_size: int | None,
+                      parameters: int | None = None, context: int = MAX_BLOCK,
+                      split: tuple[float, int] = (0.0, 0)
+                      ) -> tuple[DataReport, list[Example], TokenizedDocs]:
+    """`build_report`, also handing back the examples and documents it read, so a caller
+    that shows them (analysis/data_preview.py) does not read and tokenize the file again."""
     records = read_records(opts.data, fmt=opts.format, encoding=opts.encoding,
                            split_on=opts.split_on)
     examples, stats = build_examples_with_stats(
@@ -180,8 +191,9 @@ def build_report(opts, tokenizer, *, model: str, block_size: int | None,
     if block_size is None:
         train_idx, _ = split_indices(len(docs), *split)
         block_size = auto_block_size(docs.subset(train_idx).n_tokens, context)
-    return describe(examples, docs, tokenizer, data=str(opts.data), model=model, stats=stats,
-                    block_size=block_size, parameters=parameters, records=records, opts=opts)
+    report = describe(examples, docs, tokenizer, data=str(opts.data), model=model, stats=stats,
+                      block_size=block_size, parameters=parameters, records=records, opts=opts)
+    return report, examples, docs
 
 
 def inspect_data(cfg: InspectConfig) -> DataReport:

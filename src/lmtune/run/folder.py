@@ -36,7 +36,8 @@ from lmtune.version import __version__
 
 MARKER = ".lmtune-run"
 LOCK = ".lock"
-OWN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "loss.png", "report.html")
+OWN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "loss.png", "report.html",
+             "learned.json")  # learned.json: analysis/learned.py's answer for the web page
 RUN_OUTPUTS = OWN_FILES + ("checkpoints", "final")
 # What a model artifact written before lmtune kept manifests holds (transformers, PEFT and
 # tokenizer files): --overwrite removes these from such a final/, and leaves anything else.
