@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from lmtune.cli.output import duration as _duration
@@ -23,6 +24,9 @@ def cmd_train(cfg: TrainConfig) -> int:
         return 0
     if os.environ.get(distributed.RESULT_ENV):  # a --devices worker: the launcher prints
         hand_back(result)
+        return 0
+    if cfg.dry_run and cfg.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
     if cfg.dry_run:
         return print_dry_run(result)

@@ -155,6 +155,8 @@ class ServeConfig:
                        "one job each at a time; 0 starts none (run `lmtune worker` instead).")
     store: str | None = opt(None, "Database of the fine-tuning service, as a SQLAlchemy URL "
                             "(default: SQLite in $LMTUNE_HOME/service).")
+    runs: str = opt("runs", "Folder of runs from `lmtune train` that the web page lists beside "
+                    "the fine-tuning jobs (train's default --out is inside ./runs).")
     drain_timeout: float = opt(60.0, "On SIGTERM, seconds to let in-flight requests finish "
                                "before stopping anyway.")
     device: str = opt("auto", "Device to run on.", choices=DEVICES)

@@ -20,7 +20,7 @@ from lmtune.errors import UserError
 # Saved as false in a run's config.yaml: the file describes the run, not the command that last
 # touched it, so `--config RUN/config.yaml` starts a like run instead of resuming or
 # overwriting, and a later plain --resume checks its settings again.
-ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run")
+ONE_SHOT_ACTIONS = ("resume", "force_resume", "overwrite", "dry_run", "json")
 # What a run resolves at its start and saves: a saved config.yaml without these was cut short.
 RESOLVED_AT_START = ("data", "model", "out", "method", "lr", "block_size", "batch_size",
                      "warmup_steps", "eval_every", "save_every", "sample_every")
@@ -165,6 +165,8 @@ class TrainConfig(DataOptions):
     dry_run: bool = opt(False, "Print the data report and the plan, time a few steps, estimate "
                         "the time per epoch, and exit without training or writing anything.",
                         group="output")
+    json: bool = opt(False, "With --dry-run: print one JSON object (the data report, the plan "
+                     "and the timings) instead of the report.", group="output")
     report: bool = opt(True, "Write loss.png and report.html in the run folder at the end "
                        "(--no-report to skip; lmtune report RUN writes them later).",
                        group="output")

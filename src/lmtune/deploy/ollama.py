@@ -89,9 +89,10 @@ def choose_template(info: dict | None, tokenizer) -> Template:
                     f"the chat template; llama.cpp puts {start} before every prompt itself")
 
 
-def modelfile(template: Template, stops: list[str], num_ctx: int | None) -> str:
+def modelfile(template: Template, stops: list[str], num_ctx: int | None,
+              gguf_name: str = MODEL_FILE) -> str:
     lines = [f"# {template.note}"] if template.note else []
-    lines += [f"FROM ./{MODEL_FILE}", f'TEMPLATE """{template.text}"""']
+    lines += [f"FROM ./{gguf_name}", f'TEMPLATE """{template.text}"""']
     for stop in dict.fromkeys(s for s in stops + template.stops if s):
         lines.append(f"PARAMETER stop {_quoted(stop)}")
     if num_ctx:
@@ -107,18 +108,27 @@ def export_ollama(run: str, out: str, *, type: str = "q8_0", trust_remote_code: 
                   allow_pickle: bool = False) -> OllamaResult:
     target = Path(out)
     refuse_filled_folder(target)
-    resolved = resolve(run)
-    template = choose_template(resolved.info, load_tokenizer(resolved, trust_remote_code))
+    text, note = ollama_modelfile(run, trust_remote_code=trust_remote_code)
+    with new_folder(target) as tmp:
+        result = export_gguf(run, str(tmp / MODEL_FILE), type=type,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        (tmp / "Modelfile").write_text(text, encoding="utf-8")
+    result.out = target / MODEL_FILE
+    return OllamaResult(out=target, gguf=result, modelfile=text, note=note)
+
+
+def ollama_modelfile(spec: str, gguf_name: str = MODEL_FILE, *,
+                     trust_remote_code: bool = False) -> tuple[str, str | None]:
+    """The Modelfile for a run or model beside its GGUF file `gguf_name` (FROM ./gguf_name),
+    and a note on the prompt format chosen. Written before any export, so a format a
+    Modelfile cannot hold fails before minutes of conversion."""
+    resolved = resolve(spec)
+    tokenizer = load_tokenizer(resolved, trust_remote_code)
+    template = choose_template(resolved.info, tokenizer)
     if '"""' in template.text:
         raise UserError("the prompt format holds three double quotes, which a Modelfile "
                         "TEMPLATE cannot", hint="export --format gguf and write the "
                                                 "Modelfile by hand")
-    folder = RunFolder(run)
+    folder = RunFolder(spec)
     num_ctx = folder.config().block_size if folder.config_file.is_file() else None
-    with new_folder(target) as tmp:
-        result = export_gguf(run, str(tmp / MODEL_FILE), type=type,
-                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-        text = modelfile(template, [result.eos_token], num_ctx)
-        (tmp / "Modelfile").write_text(text, encoding="utf-8")
-    result.out = target / MODEL_FILE
-    return OllamaResult(out=target, gguf=result, modelfile=text, note=template.note)
+    return modelfile(template, [tokenizer.eos_token or ""], num_ctx, gguf_name), template.note

@@ -33,7 +33,7 @@ MIN_EXAMPLES = 10
 # model, epochs, batch size and seed come from OpenAI's fields, device and precision from the
 # worker, the run folder from the job.
 LMTUNE_FIELDS = ("method", "lr", "template", "prompt_template", "completion_template", "column",
-                 "val_split", "block_size", "format")
+                 "val_split", "block_size", "format", "split_on")
 TEXT_FIELDS = ("column", "template", "prompt_template", "completion_template")
 # A job learns from its file: holding out half of it or more leaves less to learn from than to
 # judge by (a separate validation_file is the way to judge on more).
@@ -82,7 +82,10 @@ def auto_epochs(n_examples: int) -> int:
     return TARGET_EPOCHS
 
 
-def create_job(store: Store, owner: str, request: dict) -> dict:
+def create_job(store: Store, owner: str, request: dict,
+               served: dict[str, str] | None = None) -> dict:
+    """`served`: the server's model names and where their weights are, so a job may name
+    the model as the server serves it ("tiny" for --name tiny=PATH)."""
     hyper = hyperparameters(request)
     for param in ("training_file", "validation_file"):
         file_id = request.get(param)
@@ -96,6 +99,8 @@ def create_job(store: Store, owner: str, request: dict) -> dict:
     job_id = new_id("ftjob")
     settings = {**hyper, "seed": seed if seed is not None else secrets.randbelow(2**31),
                 "lmtune": lmtune_options(store, owner, request)}
+    if served and request["model"] in served:
+        settings["model_path"] = served[request["model"]]
     return store.add_job({
         "id": job_id, "owner": owner, "status": "validating_files",
         "request": json.dumps(request), "settings": json.dumps(settings),
@@ -148,6 +153,8 @@ def _checked(name: str, value):
         wanted = "a number"
     elif kind is int:
         ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif name == "split_on":  # a separator may be all whitespace: "\n\n" between pieces
+        ok, wanted = isinstance(value, str) and bool(value), "a non-empty string"
     else:
         ok, wanted = isinstance(value, str) and bool(value.strip()), "a non-empty string"
     if choices:
@@ -231,7 +238,7 @@ def _check_files(store: Store, job: dict, request: dict, options: dict) -> tuple
     from lmtune.models.resolve import resolve
 
     try:
-        resolved = resolve(request["model"])
+        resolved = resolve(model_spec(job))
         tokenizer = load_tokenizer(resolved)
         context = context_length(peek_config(resolved, False))
     except UserError as e:
@@ -259,7 +266,8 @@ def _check_file(store, job, file_id: str, param: str, tokenizer, context: int, o
     if row is None:
         raise JobError("invalid_file", f"{param} {file_id} was deleted", param)
     try:
-        records = read_records(row["path"], fmt=options["format"])
+        records = read_records(row["path"], fmt=options["format"],
+                               split_on=options["split_on"])
         examples, _ = build_examples_with_stats(records, source=row["filename"],
                                                 **{n: options[n] for n in TEXT_FIELDS})
         docs = tokenize_examples(examples, tokenizer)
@@ -286,13 +294,20 @@ def _named(message: str) -> str:
     return message
 
 
+def model_spec(job: dict) -> str:
+    """What the job trains: the weights of the served model it named, else the name itself
+    (a Hugging Face id, a folder, lmtune's default)."""
+    settings = json.loads(job["settings"])
+    return settings.get("model_path") or json.loads(job["request"])["model"]
+
+
 def train_options(store: Store, job: dict) -> dict:
     """The `lmtune train` options a queued job runs with (resuming where it has a
     checkpoint: after a pause, a crash or a restart)."""
     request, settings = json.loads(job["request"]), json.loads(job["settings"])
     chosen = {name: value for name, value in job_options(settings).items() if value is not None}
     opts = {**chosen, "data": store.file(request["training_file"], job["owner"])["path"],
-            "model": request["model"], "out": job["run_dir"],
+            "model": model_spec(job), "out": job["run_dir"],
             "epochs": float(settings["n_epochs"]), "seed": settings["seed"],
             "lr": learning_rate(settings),
             # A checkpoint at every evaluation, however close: a job's checkpoints are listed

@@ -23,6 +23,8 @@ from lmtune.serving.finetune_api import add_finetune_routes
 from lmtune.serving.finetune_service import owner_of
 from lmtune.serving.downloads import DEFAULT_TYPE, GgufDownloads, file_name
 from lmtune.serving.state import ApiError, ServerState
+from lmtune.serving.web import SecurityHeaders, add_page, is_page_path
+from lmtune.serving.web_api import add_web_routes
 
 log = logging.getLogger("lmtune.serving")
 OPEN_PATHS = ("/health",)  # answered without an API key: load balancers poll it
@@ -53,7 +55,8 @@ class AuthMiddleware:
         self.expected = [b"Bearer " + key.encode() for key in keys]
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or is_page_path(
+                scope["path"]):
             return await self.app(scope, receive, send)
         given = b""
         for name, value in scope["headers"]:
@@ -124,6 +127,7 @@ def create_app(state: ServerState) -> FastAPI:
                        upload_limit=state.cfg.max_upload_bytes)
     if state.api_keys:
         app.add_middleware(AuthMiddleware, keys=state.api_keys)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -160,6 +164,8 @@ def create_app(state: ServerState) -> FastAPI:
     _add_model_routes(app, state)
     routes.add_routes(app, state)
     add_finetune_routes(app, state)
+    add_web_routes(app, state)
+    add_page(app)
     return app
 
 
@@ -188,9 +194,11 @@ def _add_model_routes(app, state: ServerState) -> None:
                               allow_pickle=state.cfg.allow_pickle)
 
     @app.get("/v1/models/{name:path}/gguf")
-    async def gguf(name: str, type: str = DEFAULT_TYPE):
+    async def gguf(name: str, request: Request, type: str = DEFAULT_TYPE):
         if name not in state.models and f"{name}/gguf" in state.models:
             return _model_card(state.models[f"{name}/gguf"])  # a model named "x/gguf"
+        if name not in state.models and state.finetune is not None:  # a fine-tuned model
+            await run_in_threadpool(state.finetune.load, name, _owner(request), state)
         path = await downloads.file(_served(name), type)
         return FileResponse(path, media_type="application/octet-stream",
                             filename=file_name(name, type))

@@ -36,7 +36,7 @@ def add_finetune_routes(app, state: ServerState) -> None:
         return owner_of(state.api_keys, request.headers.get("authorization"))
 
     _file_routes(app, store, owner)
-    _job_routes(app, store, owner, state.cfg.max_queued_jobs)
+    _job_routes(app, state, owner, state.cfg.max_queued_jobs)
     _job_detail_routes(app, store, owner)
 
 
@@ -89,17 +89,21 @@ def _file_routes(app, store, owner) -> None:
 
 
 
-def _job_routes(app, store, owner, max_waiting: int) -> None:
+def _job_routes(app, state: ServerState, owner, max_waiting: int) -> None:
+    store = state.finetune.store
+
     @app.post("/v1/fine_tuning/jobs")
     async def create(request: Request):
         body = await _json_object(request)
         _check_create(body)
+        served = {name: s.resolved.spec for name, s in state.models.items()
+                  if s.task == "generate"}
         if await run_in_threadpool(store.waiting, owner(request)) >= max_waiting:
             raise ApiError(429, f"this key already has {max_waiting} jobs waiting; wait for "
                                 f"one to start, or cancel one", type="rate_limit_error",
                            code="too_many_jobs")
         try:
-            row = await run_in_threadpool(create_job, store, owner(request), body)
+            row = await run_in_threadpool(create_job, store, owner(request), body, served)
         except JobError as e:
             raise ApiError(400, e.error["message"], param=e.error["param"],
                            code=e.error["code"]) from None

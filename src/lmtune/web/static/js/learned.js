@@ -1,0 +1,99 @@
+import {download, post} from './api.js';
+import {clear, errorBox, field, h, num, section} from './dom.js';
+
+const TYPES = {q8_0: 'q8_0: 8-bit, near f16 quality, half its size', q4_0: 'q4_0: 4-bit, smallest',
+               f16: 'f16: 16-bit', bf16: 'bf16: 16-bit bfloat', f32: 'f32: full precision'};
+
+export function ollamaName(model) {
+  return model.toLowerCase().replace(/^ft:/, '').replace(/[^a-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 60) || 'lmtune-model';
+}
+
+export function exportCard(model) {
+  const type = h('select', {}, Object.entries(TYPES).map(([k, v]) => h('option', {value: k}, v)));
+  const status = h('div', {'aria-live': 'polite'});
+  const name = ollamaName(model);
+  const ggufName = () => `${name}-${type.value}.gguf`;
+  const command = h('pre', {});
+  const showCommand = () => {
+    command.textContent = `# in the folder holding ${ggufName()} and Modelfile:\nollama create ${name} -f Modelfile\nollama run ${name}`;
+  };
+  type.addEventListener('change', showCommand);
+  showCommand();
+  const act = (what) => async () => {
+    clear(status, h('p', {class: 'muted'}, what === 'gguf'
+      ? 'Converting to GGUF (the first download of each type takes a while; later ones are at once)…' : 'Writing the Modelfile…'));
+    try {
+      if (what === 'gguf') await download(`/v1/models/${encodeURIComponent(model)}/gguf?type=${type.value}`, ggufName());
+      else await download(`/lmtune/models/${encodeURIComponent(model)}/modelfile?gguf=${encodeURIComponent(ggufName())}`, 'Modelfile');
+      clear(status, h('p', {}, `Downloaded ${what === 'gguf' ? ggufName() : 'Modelfile'}.`));
+    } catch (err) { clear(status, errorBox(err)); }
+  };
+  return section('Export for llama.cpp, Ollama or LM Studio',
+    field('GGUF type', type),
+    h('div', {class: 'row'}, h('button', {type: 'button', class: 'primary', onclick: act('gguf')}, 'Download GGUF'),
+      h('button', {type: 'button', onclick: act('modelfile')}, 'Download Modelfile for Ollama')),
+    status, h('p', {}, 'Then, with Ollama installed:'), command,
+    h('p', {class: 'muted small'}, 'LM Studio and llama.cpp take the GGUF file alone.'));
+}
+
+function perplexityTable(rows) {
+  return h('table', {}, h('thead', {}, h('tr', {}, ['Text', 'Base', 'Tuned', 'Change', 'What it shows'].map((t) => h('th', {scope: 'col'}, t)))),
+    h('tbody', {}, rows.map((r) => {
+      const change = r.base && r.tuned ? (r.tuned / r.base - 1) * 100 : null;
+      return h('tr', {}, h('td', {}, r.label), h('td', {class: 'num'}, num(r.base)), h('td', {class: 'num'}, num(r.tuned)),
+        h('td', {class: 'num'}, change === null ? '–' : `${change > 0 ? '+' : ''}${change.toFixed(1)}%`),
+        h('td', {}, r.meaning));
+    })));
+}
+
+function heatMap(layers) {
+  if (!layers || !layers.length) return h('p', {class: 'muted'}, 'No per-layer changes to show.');
+  const kinds = [...new Set(layers.map((l) => l.kind))];
+  const blocks = [...new Set(layers.map((l) => l.block))].sort((a, b) => (a ?? -1) - (b ?? -1));
+  const value = new Map(layers.map((l) => [`${l.block}|${l.kind}`, l.change]));
+  const most = Math.max(1e-12, ...layers.map((l) => l.change || 0));
+  const table = h('table', {class: 'heat'}, h('caption', {class: 'muted small'}, 'Relative weight change per block (rows) and module (columns); darker is more.'),
+    h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'block'), kinds.map((k) => h('th', {scope: 'col'}, k)))),
+    h('tbody', {}, blocks.map((b) => h('tr', {}, h('th', {scope: 'row'}, b === null ? 'other' : String(b)),
+      kinds.map((k) => {
+        const v = value.get(`${b}|${k}`);
+        const cell = h('td', {title: v === undefined ? 'not changed' : `${k} in block ${b}: ${v.toExponential(2)}`},
+          v === undefined ? '' : v.toExponential(1));
+        if (v !== undefined) cell.dataset.level = String(Math.round(100 * v / most));
+        return cell;
+      })))));
+  for (const cell of table.querySelectorAll('td[data-level]')) {
+    const level = Number(cell.dataset.level) / 100;
+    cell.style.background = `rgba(29, 78, 216, ${0.08 + 0.85 * level})`;
+    cell.style.color = level > 0.5 ? '#fff' : '#111';
+  }
+  return h('div', {class: 'scroll'}, table);
+}
+
+export function renderLearned(r) {
+  return h('div', {},
+    r.note ? h('p', {class: 'muted'}, r.note) : null,
+    perplexityTable(r.perplexity_rows || []),
+    h('h3', {}, 'Where the weights changed'), heatMap(r.heat || []),
+    h('h3', {}, 'Memorisation'),
+    r.memorization ? h('p', {}, r.memorization) : h('p', {class: 'muted'}, 'No samples were checked.'));
+}
+
+export function learnedCard(id) {
+  const out = h('div', {'aria-live': 'polite'});
+  const button = h('button', {type: 'button', class: 'primary'}, 'Measure');
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    clear(out, h('p', {class: 'muted'}, 'Loading base and tuned models and measuring perplexity (seconds on a small model, minutes on a large one; kept for next time)…'));
+    try { clear(out, renderLearned(adapt(await post(`/lmtune/runs/${encodeURIComponent(id)}/learned`)))); }
+    catch (err) { clear(out, errorBox(err)); }
+    button.disabled = false;
+  });
+  return section('Did it learn?', h('p', {}, 'Perplexity of base and tuned on the validation data (learning) and on general English text (forgetting), where the weights moved, and how much of the samples was copied from the training data.'),
+    button, out);
+}
+
+// The analysis result (analysis/learned.py) in the shape the renderers above take.
+export function adapt(r) {
+  return r;
+}
