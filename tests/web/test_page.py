@@ -18,6 +18,11 @@ def points_at_least(n: int) -> str:
     return f"() => {POINTS} >= {n}"
 
 
+def got_name(page) -> str:
+    """The GGUF file name the page says to put beside the Modelfile."""
+    return page.inner_text("pre").split("holding ")[1].split(" and")[0]
+
+
 def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_page):
     with running_server([tiny_gpt2], workers=1) as (url, _):
         p = open_page(url)
@@ -43,6 +48,9 @@ def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_
         page.get_by_label("epochs").fill("40")
         page.get_by_label("lr").fill("0.01")
         page.get_by_label("val split").fill("0.1")
+        page.get_by_role("button", name="Estimate time on this machine").click()
+        page.wait_for_selector(".estimate", timeout=120_000)  # a dry run of real steps
+        assert "per epoch" in page.inner_text(".estimate")
         p.shot("2-new-job")
         page.get_by_role("button", name="Start training").click()
         page.wait_for_url("**#/run/ftjob-*")
@@ -57,6 +65,19 @@ def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_
         page.wait_for_function(points_at_least(before), timeout=30_000)
         page.wait_for_selector(".badge.status-succeeded", timeout=TIMEOUT_MS)
         assert page.locator(".samples li").count() >= 1
+
+        # Did it learn: base against tuned on the held-out quotes and on general text.
+        page.get_by_role("button", name="Measure").click()
+        page.wait_for_selector("text=General text", timeout=120_000)
+        assert page.locator(".heat td[data-level]").count() > 0
+        with page.expect_download(timeout=120_000) as got:
+            page.get_by_role("button", name="Download GGUF").click()
+        gguf = got.value.path()
+        assert open(gguf, "rb").read(4) == b"GGUF"
+        with page.expect_download() as got:
+            page.get_by_role("button", name="Download Modelfile for Ollama").click()
+        modelfile = open(got.value.path(), encoding="utf-8").read()
+        assert f"FROM ./{got_name(page)}" in modelfile and "TEMPLATE" in modelfile
         p.shot("4-job-done")
 
         page.get_by_role("link", name="Try it next to the base").click()

@@ -20,7 +20,10 @@ from lmtune.errors import UserError
 from lmtune.run.checkpoint import complete_steps
 from lmtune.run.folder import LOCK, RunFolder
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9._+-][A-Za-z0-9._+ -]{0,199}$")
+# Any name one folder can have: list_runs lists whatever `lmtune train --out` made (spaces,
+# accents, brackets), and each run it lists must open. Containment is checked on the
+# resolved path below, not by the characters.
+RUN_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
 MAX_TAIL_BYTES = 8 * 1024 * 1024  # a page is sent at most this much of a log at once
 
 
@@ -63,10 +66,19 @@ def last_losses(metrics: list[dict]) -> dict:
     return out
 
 
-def summarize(run: RunFolder, metrics: list[dict] | None = None) -> dict:
-    """One line of the runs list."""
+def merge_losses(losses: dict, records: list[dict]) -> dict:
+    """`losses` (last_losses of earlier records) moved on by newer `records`."""
+    new = last_losses(records)
+    return {key: max(losses[key], new[key]) if key == "step" else
+            (new[key] if new[key] is not None else losses[key]) for key in losses}
+
+
+def summarize(run: RunFolder, metrics: list[dict] | None = None,
+              losses: dict | None = None) -> dict:
+    """One line of the runs list; `losses` saves reading the whole log again."""
     cfg = run.config()
-    metrics = run.records(run.metrics_file) if metrics is None else metrics
+    if losses is None:
+        losses = last_losses(run.records(run.metrics_file) if metrics is None else metrics)
     info = run.info()
     created = (run.path / ".lmtune-run")
     stamp = created if created.is_file() else run.config_file
@@ -74,7 +86,7 @@ def summarize(run: RunFolder, metrics: list[dict] | None = None) -> dict:
             "status": run_status(run), "model": info.get("base_model") or cfg.model,
             "method": cfg.method, "task": cfg.task, "data": Path(str(cfg.data)).name,
             "created_at": int(stamp.stat().st_mtime), "checkpoints": complete_steps(
-                run.checkpoints), **last_losses(metrics)}
+                run.checkpoints), **losses}
 
 
 def list_runs(folder: Path, exclude: Path | None = None) -> list[dict]:
@@ -86,8 +98,8 @@ def list_runs(folder: Path, exclude: Path | None = None) -> list[dict]:
     rows = []
     for child in folder.iterdir():
         run = RunFolder(child)
-        if skip is not None and child.resolve() == skip:
-            continue
+        if child.is_symlink() or (skip is not None and child.resolve() == skip):
+            continue  # a link may lead out of the folder: find_run would refuse it
         try:
             if child.is_dir() and run.holds_run():
                 rows.append(summarize(run))

@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from lmtune.errors import UserError
 from lmtune.finetune import objects
 from lmtune.run.folder import RunFolder
-from lmtune.run.listing import JsonlTail, find_run, last_losses, list_runs, summarize
+from lmtune.run.listing import (JsonlTail, find_run, last_losses, list_runs, merge_losses,
+                                summarize)
 from lmtune.serving.finetune_service import owner_of
 from lmtune.serving.state import ApiError, ServerState
 from lmtune.serving.web_forms import add_form_routes
@@ -93,7 +94,8 @@ def _all_runs(state: ServerState, owner: str, folder: Path) -> list[dict]:
     if state.finetune is not None:
         store = state.finetune.store
         for job in store.jobs(owner, None, 100):
-            rows.append(_job_row(job, store))
+            run = RunFolder(job["run_dir"])
+            rows.append(_job_row(job, store, last_losses(run.records(run.metrics_file))))
         exclude = store.runs_dir
     else:
         exclude = None
@@ -101,12 +103,10 @@ def _all_runs(state: ServerState, owner: str, folder: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
 
 
-def _job_row(job: dict, store) -> dict:
+def _job_row(job: dict, store, losses: dict) -> dict:
     request = json.loads(job["request"])
-    run = RunFolder(job["run_dir"])
-    losses = last_losses(run.records(run.metrics_file))
     file = store.file(request["training_file"], job["owner"])
-    options = request.get("lmtune") or {}
+    options = json.loads(job["settings"]).get("lmtune") or {}
     return {"id": job["id"], "kind": "job", "name": job["fine_tuned_model"] or job["id"],
             "status": job["status"], "model": request["model"],
             "method": options.get("method", "lora"), "task": "generate",
@@ -128,9 +128,9 @@ def _snapshot(state: ServerState, found: Target, tails: dict | None) -> dict:
         out["job"] = objects.job_object(job)
         out["events"] = _events(state, found.id, after_seq=-1)
         out["checkpoints"] = _checkpoints(state, job)
-        out["run"] = _job_row(job, state.finetune.store)
+        out["run"] = _job_row(job, state.finetune.store, last_losses(metrics))
     else:
-        out["run"] = summarize(run, metrics)
+        out["run"] = summarize(run, losses=last_losses(metrics))
         out["checkpoints"] = [{"step": s, "model": None} for s in out["run"]["checkpoints"]]
     return out
 
@@ -163,7 +163,8 @@ async def _follow(state: ServerState, request: Request, found: Target):
     yield _sse("snapshot", snapshot)
     seen = {"seq": max([e["seq"] for e in snapshot["events"]], default=-1),
             "job": snapshot["job"], "run": snapshot["run"],
-            "checkpoints": snapshot["checkpoints"]}
+            "checkpoints": snapshot["checkpoints"],
+            "losses": last_losses(snapshot["metrics"])}
     started = last_sent = time.monotonic()
     while time.monotonic() - started < STREAM_MAX_S and state.status == "ready":
         await asyncio.sleep(POLL_S)
@@ -185,16 +186,20 @@ def _changes(state: ServerState, found: Target, tails: dict, seen: dict) -> list
         records, reset = tails[name].read()
         if records or reset:
             out.append((name, {"records": records, "reset": reset}))
+        if name == "metrics" and (records or reset):
+            seen["losses"] = (last_losses(records) if reset else
+                              merge_losses(seen["losses"], records))
     if found.job is not None:
         events = _events(state, found.id, seen["seq"])
         if events:
             seen["seq"] = events[-1]["seq"]
             out.append(("events", events))
         job = state.finetune.store.job(found.id)
-        current = {"job": objects.job_object(job), "run": _job_row(job, state.finetune.store),
+        current = {"job": objects.job_object(job),
+                   "run": _job_row(job, state.finetune.store, seen["losses"]),
                    "checkpoints": _checkpoints(state, job)}
     else:
-        run = summarize(found.run)
+        run = summarize(found.run, losses=seen["losses"])
         current = {"job": None, "run": run,
                    "checkpoints": [{"step": s, "model": None} for s in run["checkpoints"]]}
     for key in ("job", "run", "checkpoints"):

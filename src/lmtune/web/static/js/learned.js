@@ -46,19 +46,26 @@ function perplexityTable(rows) {
     })));
 }
 
+function percent(v) {
+  const p = 100 * v;
+  return p >= 10 ? `${Math.round(p)}%` : p >= 0.1 ? `${p.toFixed(1)}%` : p > 0 ? '<0.1%' : '0';
+}
+
 function heatMap(layers) {
-  if (!layers || !layers.length) return h('p', {class: 'muted'}, 'No per-layer changes to show.');
-  const kinds = [...new Set(layers.map((l) => l.kind))];
-  const blocks = [...new Set(layers.map((l) => l.block))].sort((a, b) => (a ?? -1) - (b ?? -1));
-  const value = new Map(layers.map((l) => [`${l.block}|${l.kind}`, l.change]));
-  const most = Math.max(1e-12, ...layers.map((l) => l.change || 0));
-  const table = h('table', {class: 'heat'}, h('caption', {class: 'muted small'}, 'Relative weight change per block (rows) and module (columns); darker is more.'),
+  // Modules and rows that did not move at all (a LoRA run's norms and biases) are left out.
+  const moved = layers.filter((l) => l.change > 0);
+  if (!moved.length) return h('p', {class: 'muted'}, 'No weight changed.');
+  const kinds = [...new Set(moved.map((l) => l.kind))];
+  const blocks = [...new Set(moved.map((l) => l.block))].sort((a, b) => (a ?? 1e9) - (b ?? 1e9));
+  const value = new Map(moved.map((l) => [`${l.block}|${l.kind}`, l.change]));
+  const most = Math.max(...moved.map((l) => l.change));
+  const table = h('table', {class: 'heat'}, h('caption', {class: 'muted small'}, 'Weight change relative to the base weight, per block (rows) and module (columns); darker is more.'),
     h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'block'), kinds.map((k) => h('th', {scope: 'col'}, k)))),
-    h('tbody', {}, blocks.map((b) => h('tr', {}, h('th', {scope: 'row'}, b === null ? 'other' : String(b)),
+    h('tbody', {}, blocks.map((b) => h('tr', {}, h('th', {scope: 'row'}, b === null ? 'outside blocks' : String(b)),
       kinds.map((k) => {
         const v = value.get(`${b}|${k}`);
-        const cell = h('td', {title: v === undefined ? 'not changed' : `${k} in block ${b}: ${v.toExponential(2)}`},
-          v === undefined ? '' : v.toExponential(1));
+        const cell = h('td', {title: v === undefined ? 'not changed' : `${k} in block ${b}: ${percent(v)}`},
+          v === undefined ? '' : percent(v));
         if (v !== undefined) cell.dataset.level = String(Math.round(100 * v / most));
         return cell;
       })))));
@@ -70,8 +77,26 @@ function heatMap(layers) {
   return h('div', {class: 'scroll'}, table);
 }
 
+function verdict(r) {
+  const [learn, general] = r.perplexity_rows;
+  const out = [];
+  if (learn && learn.base && learn.tuned) {
+    const fell = 1 - learn.tuned / learn.base;
+    out.push(fell > 0.05 ? `It learned: perplexity on this run's data fell ${Math.round(100 * fell)}%.`
+      : 'Little sign of learning: perplexity on this run\'s data hardly fell (train longer, or raise the learning rate).');
+  }
+  if (general && general.base && general.tuned) {
+    const rose = general.tuned / general.base - 1;
+    out.push(rose > 0.1 ? `Some forgetting: perplexity on general text rose ${Math.round(100 * rose)}% (a lower learning rate or LoRA forgets less).`
+      : 'No sign of forgetting on general text.');
+  }
+  if (r.verbatim) out.push(`${r.verbatim} sample(s) repeated a training example word for word: it may be memorising.`);
+  return out.length ? h('p', {class: 'verdict'}, h('strong', {}, out.join(' '))) : null;
+}
+
 export function renderLearned(r) {
   return h('div', {},
+    verdict(r),
     r.note ? h('p', {class: 'muted'}, r.note) : null,
     perplexityTable(r.perplexity_rows || []),
     h('h3', {}, 'Where the weights changed'), heatMap(r.heat || []),
@@ -95,5 +120,22 @@ export function learnedCard(id) {
 
 // The analysis result (analysis/learned.py) in the shape the renderers above take.
 export function adapt(r) {
-  return r;
+  const rows = [];
+  if (r.learning) {
+    rows.push({label: `This run's data (${r.learning.split}, ${r.learning.examples} examples)`,
+               base: r.learning.base_perplexity, tuned: r.learning.tuned_perplexity,
+               meaning: 'learning: lower after tuning means it learned the data'});
+  }
+  if (r.forgetting) {
+    rows.push({label: `General text: ${r.forgetting.data}`,
+               base: r.forgetting.base_perplexity, tuned: r.forgetting.tuned_perplexity,
+               meaning: 'forgetting: much higher after tuning means it lost general language'});
+  }
+  const tensors = (r.weights && r.weights.tensors) || [];
+  const heat = tensors.filter((t) => typeof t.relative_change === 'number')
+    .map((t) => ({block: t.block, kind: (t.module || t.name).replace(/\.weight$/, ''), change: t.relative_change}));
+  const m = r.memorization;
+  const memorization = m && m.samples ? `At step ${m.step}: ${m.samples} samples, ${m.verbatim_samples || 0} of them a whole training example word for word; ` +
+    `longest run copied from the training data ${m.max_copied_tokens} tokens (mean ${m.mean_copied_tokens}).` : null;
+  return {note: r.note, perplexity_rows: rows, heat, memorization, verbatim: m ? m.verbatim_samples || 0 : 0};
 }
