@@ -18,7 +18,7 @@ export function h(tag, attrs = {}, ...children) {
 export function append(el, children) {
   for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
-    if (c instanceof Node) el.append(c); else el.insertAdjacentHTML('beforeend', String(c));
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return el;
 }
