@@ -300,6 +300,36 @@ def test_each_key_sees_only_its_own_files_jobs_and_models(tiny_gpt2, home, tmp_p
                           max_retries=0).files.list()
 
 
+def test_a_loaded_fine_tuned_model_stays_its_keys_alone(tiny_gpt2, home, tmp_path):
+    """Once key A's model is loaded into the engine it sits beside the server's own models;
+    key B must still not see it, use it or download it."""
+    import httpx
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("key-a\nkey-b\n")
+    with running_server([tiny_gpt2], api_keys_file=str(keys), workers=1) as (url, _):
+        a = openai.OpenAI(base_url=url + "/v1", api_key="key-a", max_retries=0)
+        b = openai.OpenAI(base_url=url + "/v1", api_key="key-b", max_retries=0)
+        uploaded = a.files.create(file=open(_chat_file(tmp_path / "qa.jsonl"), "rb"),
+                                  purpose="fine-tune")
+        job = _wait(a, a.fine_tuning.jobs.create(
+            model=str(tiny_gpt2), training_file=uploaded.id,
+            hyperparameters={"n_epochs": 1}).id)
+        assert job.status == "succeeded", job.error
+        tuned = job.fine_tuned_model
+        assert a.completions.create(model=tuned, prompt="Hi", max_tokens=2).choices
+        assert tuned in [m.id for m in a.models.list().data]
+        assert tuned not in [m.id for m in b.models.list().data]
+        with pytest.raises(openai.NotFoundError) as refused:
+            b.completions.create(model=tuned, prompt="Hi", max_tokens=2)
+        assert tuned not in str(refused.value).split("served:")[-1]
+        with pytest.raises(openai.NotFoundError):
+            b.models.retrieve(tuned)
+        got = httpx.get(f"{url}/v1/models/{tuned}/gguf", headers={
+            "Authorization": "Bearer key-b"}, timeout=60)
+        assert got.status_code == 404
+
+
 def test_the_jobs_commands_and_the_python_client_speak_the_same_api(tiny_gpt2, home,
                                                                      tmp_path, capsys):
     import lmtune

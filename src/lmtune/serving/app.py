@@ -182,7 +182,8 @@ def _add_model_routes(app, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request):
-        cards = [_model_card(s) for s in state.models.values()]
+        hidden = state.finetune.hidden_from(_owner(request))
+        cards = [_model_card(s) for n, s in state.models.items() if n not in hidden]
         tuned = await run_in_threadpool(state.finetune.models, _owner(request))
         cards += [_tuned_card(n) for n in tuned if n not in state.models]
         return {"object": "list", "data": cards}
@@ -199,7 +200,7 @@ def _add_model_routes(app, state: ServerState) -> None:
             return _model_card(state.models[f"{name}/gguf"])  # a model named "x/gguf"
         if name not in state.models and state.finetune is not None:  # a fine-tuned model
             await run_in_threadpool(state.finetune.load, name, _owner(request), state)
-        path = await downloads.file(_served(name), type)
+        path = await downloads.file(_served(name, request), type)
         return FileResponse(path, media_type="application/octet-stream",
                             filename=file_name(name, type))
 
@@ -208,10 +209,10 @@ def _add_model_routes(app, state: ServerState) -> None:
         if name not in state.models and name in await run_in_threadpool(
                 state.finetune.models, _owner(request)):
             return _tuned_card(name)
-        return _model_card(_served(name))
+        return _model_card(_served(name, request))
 
-    def _served(name: str):
-        if name not in state.models:
+    def _served(name: str, request: Request):
+        if name not in state.models or name in state.finetune.hidden_from(_owner(request)):
             raise ApiError(404, f"the model {name!r} is not served here", param="model",
                            code="model_not_found")
         return state.models[name]

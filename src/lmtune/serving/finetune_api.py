@@ -96,8 +96,9 @@ def _job_routes(app, state: ServerState, owner, max_waiting: int) -> None:
     async def create(request: Request):
         body = await _json_object(request)
         _check_create(body)
+        hidden = state.finetune.hidden_from(owner(request))
         served = {name: s.resolved.spec for name, s in state.models.items()
-                  if s.task == "generate"}
+                  if s.task == "generate" and name not in hidden}
         if await run_in_threadpool(store.waiting, owner(request)) >= max_waiting:
             raise ApiError(429, f"this key already has {max_waiting} jobs waiting; wait for "
                                 f"one to start, or cancel one", type="rate_limit_error",

@@ -44,6 +44,9 @@ class FineTuning:
         self.train = ["--device", device, "--precision", precision, "--devices", str(devices)]
         self.workers: list[subprocess.Popen] = []
         self._loading: dict[str, threading.Lock] = {}
+        # Who owns each fine-tuned model loaded into the engine: it is served beside the
+        # server's own models, but to its key alone.
+        self.owners: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -98,9 +101,20 @@ class FineTuning:
                       if Path(row["path"]).is_dir()]
         return names
 
+    def hidden_from(self, owner: str) -> set[str]:
+        """Loaded fine-tuned models that another key owns: to `owner` they do not exist."""
+        return {name for name, who in self.owners.items() if who != owner}
+
     def load(self, name: str, owner: str, state) -> object | None:
-        """The Served model `name`, loaded into the engine on first use; None if unknown."""
-        folder = self.model_folder(name, owner)
+        """The Served model `name`, loaded into the engine on first use; None if unknown.
+        A command-line run in the server's runs folder is named "run:NAME"."""
+        if name.startswith("run:"):
+            from lmtune.run.listing import find_run
+
+            run = find_run(Path(state.cfg.runs).expanduser(), name.removeprefix("run:"))
+            folder = run.path if run is not None and run.info() else None
+        else:
+            folder = self.model_folder(name, owner)
         if folder is None:
             return None
         with self._lock:
@@ -119,7 +133,8 @@ class FineTuning:
                                    allow_pickle=cfg.allow_pickle)[name]
             served.group.key = f"fine-tuned:{name}"  # its own batch, beside its base's
             state.engine.add_group(served.group)
+            if not name.startswith("run:"):
+                self.owners[name] = owner
             state.models = {**state.models, name: served}  # swapped whole: readers never lock
             log.info("loaded fine-tuned model %s from %s", name, folder)
             return served
-

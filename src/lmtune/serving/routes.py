@@ -34,13 +34,16 @@ def sse(data) -> str:
 
 
 async def find_model(state: ServerState, request: Request, name: str, task: str):
-    """A served model, or a fine-tuned one loaded now, on its first request."""
-    if name not in state.models and state.finetune is not None:
-        from lmtune.serving.finetune_service import owner_of
+    """A served model, or a fine-tuned one loaded now, on its first request; another key's
+    fine-tuned model is not found."""
+    if state.finetune is None:
+        return state.lookup(name, task)
+    from lmtune.serving.finetune_service import owner_of
 
-        owner = owner_of(state.api_keys, request.headers.get("authorization"))
+    owner = owner_of(state.api_keys, request.headers.get("authorization"))
+    if name not in state.models:
         await run_in_threadpool(state.finetune.load, name, owner, state)
-    return state.lookup(name, task)
+    return state.lookup(name, task, state.finetune.hidden_from(owner))
 
 
 def add_routes(app, state: ServerState) -> None:

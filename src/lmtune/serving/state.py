@@ -74,11 +74,14 @@ class ServerState:
 
     # --- models ------------------------------------------------------------------------------
 
-    def lookup(self, name: str, task: str):
-        served = self.models.get(name)
+    def lookup(self, name: str, task: str, hidden: set[str] = frozenset()):
+        """The served model `name`; `hidden`: names this client may not see (another key's
+        fine-tuned models), answered as if they did not exist."""
+        served = None if name in hidden else self.models.get(name)
         if served is None:
+            visible = [n for n in self.models if n not in hidden]
             raise ApiError(404, f"the model {name!r} is not served here; served: "
-                                f"{', '.join(self.models)}", param="model",
+                                f"{', '.join(visible)}", param="model",
                            code="model_not_found")
         if served.task != task:
             what = {"classify": "a text classifier (use /v1/classify)",

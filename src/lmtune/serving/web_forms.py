@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -43,7 +44,10 @@ def form_fields() -> list[dict]:
     for name in FORM_FIELDS:
         f = fields[name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append({"name": name, "default": default, "help": f.metadata["help"],
+        # The page's fields are named as the flags are, without the dashes.
+        text = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", " "),
+                      f.metadata["help"])
+        out.append({"name": name, "default": default, "help": text,
                     "choices": list(f.metadata["choices"] or ()) or None,
                     "type": getattr(f.type, "__name__", str(f.type))})
     return out
@@ -91,13 +95,14 @@ def add_form_routes(app, state: ServerState, owner) -> None:
     async def preview(request: Request, file_id: str):
         body = await _body(request)
         row = await _own_file(state, owner(request), file_id)
-        return await run_in_threadpool(_preview, tokenizers, row, _served_model(state, body))
+        return await run_in_threadpool(_preview, tokenizers, row,
+                                       _served_model(state, body, owner(request)))
 
     @app.post("/lmtune/estimate")
     async def estimate(request: Request):
         body = await _body(request)
         row = await _own_file(state, owner(request), body.get("training_file"))
-        return await _estimate(row, _served_model(state, body))
+        return await _estimate(row, _served_model(state, body, owner(request)))
 
     @app.get("/lmtune/models/{name:path}/modelfile")
     async def modelfile(request: Request, name: str, gguf: str = "model.gguf"):
@@ -134,10 +139,11 @@ async def _own_file(state: ServerState, owner: str, file_id) -> dict:
     return row
 
 
-def _served_model(state: ServerState, body: dict) -> dict:
+def _served_model(state: ServerState, body: dict, owner: str) -> dict:
     """A served model's name stands for its weights, as in a fine-tuning job."""
     name = body.get("model")
-    if isinstance(name, str) and name in state.models:
+    hidden = state.finetune.hidden_from(owner) if state.finetune is not None else set()
+    if isinstance(name, str) and name in state.models and name not in hidden:
         return {**body, "model": state.models[name].resolved.spec}
     return body
 
@@ -228,8 +234,15 @@ async def _estimate(row: dict, body: dict) -> dict:
 
 
 def _model_spec(state: ServerState, owner: str, name: str) -> str:
-    if name in state.models:
+    hidden = state.finetune.hidden_from(owner) if state.finetune is not None else set()
+    if name in state.models and name not in hidden:
         return state.models[name].resolved.spec
+    if name.startswith("run:"):
+        from lmtune.run.listing import find_run
+
+        run = find_run(Path(state.cfg.runs).expanduser(), name.removeprefix("run:"))
+        if run is not None and run.info():
+            return str(run.path)
     folder = state.finetune.model_folder(name, owner) if state.finetune is not None else None
     if folder is None:
         raise ApiError(404, f"the model {name!r} is not served here", param="model",

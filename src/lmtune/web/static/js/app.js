@@ -55,6 +55,9 @@ document.getElementById('key-button').addEventListener('click', async () => {
   route();
 });
 window.addEventListener('hashchange', route);
+// The skip link moves focus to the content; followed as a link, its #main would be read
+// as a route and show the runs list instead of the page the user was on.
+document.querySelector('.skip').addEventListener('click', (e) => { e.preventDefault(); main.focus(); });
 get('/health').catch(() => null);
 if (key()) document.getElementById('key-button').hidden = false;
 route();

@@ -10,9 +10,12 @@ const SERIES = {
   speed: [{label: 'tokens/s', key: 'tokens_per_s', stroke: '#7c3aed', width: 2}],
 };
 
+const tick = (u, splits) => splits.map((v) => (v === null ? '' : String(+v.toPrecision(3))));
+
 class Chart {
-  constructor(title, series) {
+  constructor(title, series, owner) {
     this.series = series;
+    this.owner = owner;
     this.empty = h('p', {class: 'muted chart-empty'}, 'Waiting for the first logged step…');
     this.box = h('div', {class: 'chart-box'});
     this.el = h('figure', {class: 'chart'}, h('figcaption', {}, title), this.empty, this.box);
@@ -28,8 +31,10 @@ class Chart {
     if (!this.plot) {
       const width = Math.max(260, this.el.getBoundingClientRect().width - 8);
       this.plot = new uPlot({
-        width, height: 220, scales: {x: {time: false}}, legend: {live: false},
-        axes: [{label: 'step'}, {size: 60}],
+        width, height: 220, legend: {live: false},
+        // The whole run's steps on the x axis once the total is known: progress at a glance.
+        scales: {x: {time: false, range: (u, min, max) => [0, Math.max(max, this.owner.total || max)]}},
+        axes: [{label: 'step'}, {size: 60, values: tick}],
         series: [{label: 'step'}, ...this.series.map((d) => ({
           label: d.label, stroke: d.stroke, width: d.width, dash: d.dash, spanGaps: true,
           points: d.points || {show: xs.length < 3}}))],
@@ -47,8 +52,9 @@ class Chart {
 export class Charts {
   constructor() {
     this.points = new Map();
-    this.charts = [new Chart('Loss', SERIES.loss), new Chart('Learning rate', SERIES.lr),
-                   new Chart('Speed', SERIES.speed)];
+    this.total = null;
+    this.charts = [new Chart('Loss', SERIES.loss, this), new Chart('Learning rate', SERIES.lr, this),
+                   new Chart('Speed', SERIES.speed, this)];
     this.el = h('div', {class: 'charts'}, this.charts.map((c) => c.el));
     this.onResize = () => this.charts.forEach((c) => c.resize());
     window.addEventListener('resize', this.onResize);
@@ -66,6 +72,13 @@ export class Charts {
     }
     const steps = [...this.points.keys()].sort((a, b) => a - b);
     for (const c of this.charts) c.draw(steps, this.points);
+  }
+
+  setTotal(total) {
+    if (total && total !== this.total) {
+      this.total = total;
+      this.add([]);
+    }
   }
 
   close() { window.removeEventListener('resize', this.onResize); }

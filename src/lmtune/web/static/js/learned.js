@@ -87,7 +87,8 @@ function verdict(r) {
   }
   if (general && general.base && general.tuned) {
     const rose = general.tuned / general.base - 1;
-    out.push(rose > 0.1 ? `Some forgetting: perplexity on general text rose ${Math.round(100 * rose)}% (a lower learning rate or LoRA forgets less).`
+    const fix = r.method === 'lora' ? 'a lower learning rate or fewer epochs forget less' : 'LoRA (method lora) or a lower learning rate forgets less';
+    out.push(rose > 0.1 ? `Some forgetting: perplexity on general text rose ${Math.round(100 * rose)}% (${fix}).`
       : 'No sign of forgetting on general text.');
   }
   if (r.verbatim) out.push(`${r.verbatim} sample(s) repeated a training example word for word: it may be memorising.`);
@@ -137,5 +138,6 @@ export function adapt(r) {
   const m = r.memorization;
   const memorization = m && m.samples ? `At step ${m.step}: ${m.samples} samples, ${m.verbatim_samples || 0} of them a whole training example word for word; ` +
     `longest run copied from the training data ${m.max_copied_tokens} tokens (mean ${m.mean_copied_tokens}).` : null;
-  return {note: r.note, perplexity_rows: rows, heat, memorization, verbatim: m ? m.verbatim_samples || 0 : 0};
+  return {note: r.note, perplexity_rows: rows, heat, memorization, method: r.method,
+          verbatim: m ? m.verbatim_samples || 0 : 0};
 }

@@ -12,7 +12,7 @@ function input(f, value, config) {
   const numeric = ['int', 'float', 'int | None', 'float | None'].includes(f.type);
   const attrs = {name: f.name, value: value ?? (f.default ?? '')};
   if (numeric) Object.assign(attrs, {inputmode: 'decimal'});
-  if (f.name === 'lr') attrs.placeholder = `default for the method (${Object.entries(config.default_lr).map(([k, v]) => `${k} ${v}`).join(', ')})`;
+  if (f.name === 'lr') attrs.placeholder = "the method's default";
   else if (f.default === null) attrs.placeholder = 'chosen for the data';
   if (f.name === 'model') attrs.list = 'new-models';
   return h('input', attrs);

@@ -38,8 +38,9 @@ export async function showPlay(main, params) {
     main.append(h('h1', {}, 'Playground'), errorBox('this server serves no language model'));
     return null;
   }
-  const tuned = models.filter((m) => m.startsWith('ft:') && !m.includes(':ckpt-step-'));
-  const base = params.get('a') || models.find((m) => !m.startsWith('ft:')) || models[0];
+  const isTuned = (m) => m.startsWith('ft:') || m.startsWith('run:');
+  const tuned = models.filter((m) => isTuned(m) && !m.includes(':ckpt-step-'));
+  const base = params.get('a') || models.find((m) => !isTuned(m)) || models[0];
   const other = params.get('b') || tuned[tuned.length - 1] || models[0];
   for (const m of [base, other]) if (!models.includes(m)) models.push(m);
   const panes = [{label: 'Model A', select: modelSelect(models, base), box: h('div', {class: 'pane-out'})},
@@ -53,11 +54,15 @@ export async function showPlay(main, params) {
   const temperature = h('input', {type: 'number', min: 0, max: 2, step: 'any', value: 0.8});
   const topP = h('input', {type: 'number', min: 0.01, max: 1, step: 'any', value: 0.95});
   const seed = h('input', {type: 'number', value: 0});
+  const systemField = field('System message', system);
+  const showSystem = () => { systemField.hidden = mode.value !== 'chat'; };
+  mode.addEventListener('change', showSystem);
+  showSystem();
   let abort = null;
   const stop = h('button', {type: 'button', disabled: true, onclick: () => abort && abort.abort()}, 'Stop');
   const form = h('form', {class: 'play'},
     h('div', {class: 'grid2'}, panes.map((p) => field(p.label, p.select))),
-    field('Mode', mode), field('System message (chat)', system), field('Prompt', prompt),
+    field('Mode', mode), systemField, field('Prompt', prompt),
     h('div', {class: 'grid4'}, field('Max tokens', maxTokens), field('Temperature', temperature),
       field('Top p', topP), field('Seed', seed, 'The same for both models.')),
     h('div', {class: 'row'}, h('button', {type: 'submit', class: 'primary'}, 'Generate with both'), stop));

@@ -69,6 +69,7 @@ export async function showRun(main, id) {
     const job = state.job;
     title.textContent = r.name || id;
     const total = state.total_steps || r.total_steps;
+    charts.setTotal(total);
     const progress = total ? h('progress', {max: total, value: r.step || 0, 'aria-label': 'training progress'}) : null;
     clear(header, h('p', {},
       statusBadge(job ? job.status : r.status), ' ', h('strong', {}, r.model || ''), ` · ${r.method || ''} · data ${r.data || ''} · started ${ago(r.created_at)}`),
@@ -77,12 +78,16 @@ export async function showRun(main, id) {
         job && job.estimated_finish && job.status === 'running' ? ` · done in about ${Math.max(0, Math.round((job.estimated_finish - Date.now() / 1000) / 60))} min` : ''),
       job && job.error ? errorBox(`${job.error.code}: ${job.error.message}`) : null,
       job && job.fine_tuned_model ? h('p', {}, 'Model: ', h('code', {}, job.fine_tuned_model), ' · ',
-        h('a', {href: `#/play?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(job.fine_tuned_model)}`}, 'Try it next to the base')) : null);
+        h('a', {href: `#/play?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(job.fine_tuned_model)}`}, 'Try it next to the base')) : null,
+      !job && r.status === 'succeeded' ? h('p', {}, 'Model: ', h('code', {}, id), ' · ',
+        h('a', {href: `#/play?b=${encodeURIComponent(id)}`}, 'Try it next to the base')) : null);
     clear(controlsBox, controls(job, problems));
     const finished = job ? job.status === 'succeeded' : r.status === 'succeeded';
     if (finished && extrasFor !== id) {
       extrasFor = id;
-      append(extra, [learnedCard(id), job && job.fine_tuned_model ? exportCard(job.fine_tuned_model) : null]);
+      // A command-line run is served as "run:NAME" (loaded on first use), as a job's model is.
+      const model = job ? job.fine_tuned_model : id;
+      append(extra, [learnedCard(id), model ? exportCard(model) : null]);
     }
   }
 
