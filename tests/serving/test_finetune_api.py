@@ -378,8 +378,8 @@ def test_hostile_requests_to_the_new_routes_are_4xx_never_500(tiny_gpt2, home, t
         @given(st.dictionaries(keys, values, max_size=5))
         @example({"model": float("inf")})
         @example({"seed": float("nan"), "training_file": "file-x"})
-        @example({"method": {"type": "supervised", "supervised": {
-            "hyperparameters": {"n_epochs": float("inf"), "learning_rate_multiplier": float("nan")}}}})
+        @example({"method": {"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": float("inf"), "learning_rate_multiplier": float("nan")}}}})
         def create(body):
             # json.dumps writes NaN and Infinity as Python does; httpx's json= refuses them.
             check(http.post("/v1/fine_tuning/jobs", content=json.dumps(body),
