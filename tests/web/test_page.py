@@ -31,8 +31,8 @@ def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url("**#/data?file=*")
         # Two columns and no template: the page shows lmtune's one-line error, not a crash.
-        page.get_by_label("template", exact=True).fill("Quote: {quote}")
-        page.get_by_label("prompt template").fill("")
+        page.get_by_label("Template", exact=True).fill("Quote: {quote}")
+        page.get_by_label("Prompt template").fill("")
         page.get_by_role("button", name="Show as training sees it").click()
         page.wait_for_selector(".examples .tok.k-target")
         kinds = page.eval_on_selector_all(".examples li:first-child .tok",
@@ -44,10 +44,10 @@ def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_
 
         page.get_by_role("link", name="Train on this file").click()
         page.wait_for_url("**#/new?*")
-        assert page.get_by_label("template", exact=True).input_value() == "Quote: {quote}"
-        page.get_by_label("epochs").fill("40")
-        page.get_by_label("lr").fill("0.01")
-        page.get_by_label("val split").fill("0.1")
+        assert page.get_by_label("Template", exact=True).input_value() == "Quote: {quote}"
+        page.get_by_label("Epochs").fill("40")
+        page.get_by_label("Learning rate").fill("0.01")
+        page.get_by_label("Validation split").fill("0.1")
         page.get_by_role("button", name="Estimate time on this machine").click()
         page.wait_for_selector(".estimate", timeout=120_000)  # a dry run of real steps
         assert "per epoch" in page.inner_text(".estimate")

@@ -1,5 +1,5 @@
 import {get, post} from './api.js';
-import {clear, errorBox, field, h, num, section} from './dom.js';
+import {clear, errorBox, field, h, label, num, section} from './dom.js';
 
 const KINDS = {
   start: 'start token (context, not learned)',
@@ -31,7 +31,7 @@ function histogram(rows) {
   return h('table', {class: 'hist'}, h('caption', {}, 'Tokens per example'),
     h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Tokens'), h('th', {scope: 'col'}, 'Examples'))),
     h('tbody', {}, rows.map((r) => h('tr', {},
-      h('td', {class: 'num'}, `${r.from}–${r.to}`),
+      h('td', {class: 'num'}, r.from === r.to ? `${r.from}` : `${r.from}–${r.to}`),
       h('td', {}, h('span', {class: 'bar', style: null, dataset: {w: Math.round(100 * r.count / most)}}),
         ` ${r.count}`)))));
 }
@@ -40,7 +40,7 @@ export function report(r) {
   const facts = [
     ['Examples', num(r.examples)], ['Tokens', num(r.tokens)],
     ['Learned tokens', num(r.target_tokens)], ['Tokens per character', num(r.tokens_per_character, 3)],
-    ['Median length', num(r.length && r.length.median)], ['Longest', num(r.length && r.length.max)],
+    ['Median length (tokens)', num(r.length && r.length.median)], ['Longest (tokens)', num(r.length && r.length.max)],
     ['Block size', num(r.block_size)], ['Longer than a block', num(r.over_block_size)],
     ['Duplicates', num(r.duplicates)], ['Dropped (empty)', num(r.dropped_empty)],
   ];
@@ -99,7 +99,7 @@ export async function showData(main, params) {
   const train = h('a', {class: 'button primary', href: '#/new'}, 'Train on this file');
   const form = h('form', {class: 'options'},
     h('datalist', {id: 'models'}, config.served.map((m) => h('option', {value: m}))),
-    h('div', {class: 'grid3'}, Object.entries(inputs).map(([name, input]) => field(name.replace('_', ' '), input, help[name]))),
+    h('div', {class: 'grid3'}, Object.entries(inputs).map(([name, input]) => field(label(name), input, help[name]))),
     h('div', {class: 'row'}, h('button', {type: 'submit'}, 'Show as training sees it'), train));
   let latest = 0;  // only the newest answer is shown: an older one may arrive after it
   async function preview() {

@@ -71,3 +71,18 @@ export function field(label, input, help) {
 export function section(title, ...children) {
   return h('section', {class: 'card'}, h('h2', {}, title), ...children);
 }
+
+// The config's field names as a person reads them; the flag is in each field's help.
+const LABELS = {lr: 'Learning rate', val_split: 'Validation split', block_size: 'Block size',
+                batch_size: 'Batch size', split_on: 'Split on'};
+
+export function label(name) {
+  return LABELS[name] || name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, ' ');
+}
+
+// A model named by a local path shows its folder's name; the whole path is in the title.
+export function modelName(model) {
+  const text = String(model || '');
+  const short = text.startsWith('/') ? text.replace(/\/+$/, '').split('/').pop() : text;
+  return h('span', {title: text}, short);
+}

@@ -1,8 +1,8 @@
 import {download, post} from './api.js';
 import {clear, errorBox, field, h, num, section} from './dom.js';
 
-const TYPES = {q8_0: 'q8_0: 8-bit, near f16 quality, half its size', q4_0: 'q4_0: 4-bit, smallest',
-               f16: 'f16: 16-bit', bf16: 'bf16: 16-bit bfloat', f32: 'f32: full precision'};
+const TYPES = {q8_0: 'q8_0 (8-bit, near f16)', q4_0: 'q4_0 (4-bit, smallest)',
+               f16: 'f16 (16-bit)', bf16: 'bf16 (16-bit)', f32: 'f32 (full size)'};
 
 export function ollamaName(model) {
   return model.toLowerCase().replace(/^ft:/, '').replace(/[^a-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 60) || 'lmtune-model';

@@ -1,5 +1,5 @@
 import {get, post} from './api.js';
-import {clear, duration, errorBox, field, h, num, section} from './dom.js';
+import {clear, duration, errorBox, field, h, label, num, section} from './dom.js';
 import {DATA_OPTIONS} from './data.js';
 
 // Each field shows the typed config's default and help text (GET /lmtune/config), so the
@@ -56,7 +56,7 @@ export async function showNewJob(main, params) {
   const fields = config.fields.map((f) => {
     const fallback = f.name === 'model' ? config.served[0] : undefined;
     inputs[f.name] = input(f, params.get(f.name) ?? fallback, config);
-    return field(f.name.replace('_', ' '), inputs[f.name], f.help);
+    return field(label(f.name), inputs[f.name], f.help);
   });
   const estimateOut = h('div', {'aria-live': 'polite'});
   const startOut = h('div', {'aria-live': 'polite'});

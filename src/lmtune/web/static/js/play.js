@@ -45,8 +45,8 @@ export async function showPlay(main, params) {
   for (const m of [base, other]) if (!models.includes(m)) models.push(m);
   const panes = [{label: 'Model A', select: modelSelect(models, base), box: h('div', {class: 'pane-out'})},
                  {label: 'Model B', select: modelSelect(models, other), box: h('div', {class: 'pane-out'})}];
-  const mode = h('select', {}, h('option', {value: 'prompt'}, 'prompt (plain text to continue, as a template-trained run writes)'),
-                 h('option', {value: 'chat'}, 'chat (the model\'s chat template)'));
+  const mode = h('select', {}, h('option', {value: 'prompt'}, 'prompt: text to continue'),
+                 h('option', {value: 'chat'}, 'chat: the chat template'));
   mode.value = params.get('mode') || 'prompt';
   const system = h('input', {placeholder: 'optional'});
   const prompt = h('textarea', {rows: 4, required: true}, params.get('prompt') || '');

@@ -1,5 +1,5 @@
 import {events, post} from './api.js';
-import {ago, append, clear, errorBox, h, num, section, statusBadge} from './dom.js';
+import {ago, append, clear, errorBox, h, modelName, num, section, statusBadge} from './dom.js';
 import {Charts} from './charts.js';
 import {exportCard, learnedCard} from './learned.js';
 
@@ -72,7 +72,7 @@ export async function showRun(main, id) {
     charts.setTotal(total);
     const progress = total ? h('progress', {max: total, value: r.step || 0, 'aria-label': 'training progress'}) : null;
     clear(header, h('p', {},
-      statusBadge(job ? job.status : r.status), ' ', h('strong', {}, r.model || ''), ` · ${r.method || ''} · data ${r.data || ''} · started ${ago(r.created_at)}`),
+      statusBadge(job ? job.status : r.status), ' ', h('strong', {}, modelName(r.model)), ` · ${r.method || ''} · data ${r.data || ''} · started ${ago(r.created_at)}`),
       h('p', {}, progress, ` step ${r.step || 0}${total ? ` of ${total}` : ''} · training loss ${num(r.train_loss)} · validation loss ${num(r.valid_loss)}`,
         job && job.trained_tokens ? ` · ${num(job.trained_tokens)} tokens trained` : '',
         job && job.estimated_finish && job.status === 'running' ? ` · done in about ${Math.max(0, Math.round((job.estimated_finish - Date.now() / 1000) / 60))} min` : ''),

@@ -1,5 +1,5 @@
 import {get} from './api.js';
-import {ago, clear, h, num, section, statusBadge} from './dom.js';
+import {ago, clear, h, modelName, num, section, statusBadge} from './dom.js';
 
 const REFRESH_MS = 3000;
 
@@ -9,7 +9,7 @@ function row(r) {
   return h('tr', {},
     h('td', {}, link, h('div', {class: 'muted small'}, r.kind === 'job' ? r.id : 'command-line run')),
     h('td', {}, statusBadge(r.status)),
-    h('td', {class: 'wrap'}, r.model),
+    h('td', {class: 'wrap'}, modelName(r.model)),
     h('td', {}, r.method),
     h('td', {class: 'wrap'}, r.data),
     h('td', {class: 'num'}, progress),
