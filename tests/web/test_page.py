@@ -61,8 +61,11 @@ def test_upload_preview_train_reload_and_chat(tiny_gpt2, home, quotes_csv, open_
         assert page.locator(".badge.status-failed").count() == 0, page.inner_text(".run-head")
         p.shot("3-job-running")
         before = page.evaluate(f"() => {POINTS}")
+        samples = page.locator(".samples li").count()
         page.reload()
         page.wait_for_function(points_at_least(before), timeout=30_000)
+        page.wait_for_function(f"() => document.querySelectorAll('.samples li').length >= "
+                               f"{samples}", timeout=30_000)
         page.wait_for_selector(".badge.status-succeeded", timeout=TIMEOUT_MS)
         assert page.locator(".samples li").count() >= 1
 
