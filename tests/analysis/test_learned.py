@@ -10,7 +10,6 @@ import os
 import shutil
 
 import pytest
-from conftest import FAST
 
 import lmtune
 from lmtune.analysis import learned
@@ -20,11 +19,14 @@ from lmtune.errors import UserError
 from lmtune.run.folder import RunFolder
 
 
-@pytest.fixture(scope="module")
-def run(tiny_gpt2, tmp_path_factory):
-    from conftest import write_lines
+# tests/conftest.py's FAST options; not imported from it: under pytest, "conftest" is
+# whichever conftest.py was loaded last (tests/web/ has one too).
+FAST = dict(split_on="\n", block_size=64, precision="fp32", device="cpu", seed=0)
 
-    data = write_lines(tmp_path_factory.mktemp("learned-data") / "lines.txt")
+
+@pytest.fixture(scope="module")
+def run(tiny_gpt2, session_lines, tmp_path_factory):
+    data = session_lines
     return lmtune.train(data, model=str(tiny_gpt2), out=str(
         tmp_path_factory.mktemp("runs") / "learned"), method="full", max_steps=30, lr=3e-3,
         log_every=10, eval_every=30, sample_every=15, sample_max_new_tokens=12, **FAST).out

@@ -130,3 +130,17 @@ def test_the_file_check_reads_the_file_as_training_will(store, tiny_gpt2):
     assert not validate_job(store, job)
     assert "lmtune.block_size 1000000 is above the model's context" in store.job(
         job["id"])["error"]
+
+
+def test_a_text_file_is_cut_into_examples_where_split_on_says(store, tiny_gpt2):
+    """A .txt upload is one example unless split_on cuts it (a blank line is all
+    whitespace, so split_on is the one text option not stripped)."""
+    text = "\n\n".join(f"piece {i}: the cat sat" for i in range(12))
+    request = {"model": str(tiny_gpt2), "training_file": _upload(store, "notes.txt", text)}
+    whole = create_job(store, "local", request)
+    assert not validate_job(store, whole)
+    assert "at least 10 are needed" in json.loads(store.job(whole["id"])["error"])["message"]
+    job = _queued(store, {**request, "lmtune": {"split_on": "\\n\\n"}})
+    opts = train_options(store, job)
+    assert (opts["format"], opts["split_on"]) == ("txt", "\\n\\n")
+    build(TrainConfig, opts)

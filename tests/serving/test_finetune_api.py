@@ -101,7 +101,8 @@ def test_a_csv_of_quotes_with_a_template_fine_tunes_with_lmtunes_own_choices(tin
         assert job.status == "succeeded", job.error
         assert job.model_extra["lmtune"] == {**lmtune, "method": "lora", "format": "csv",
                                              "column": None, "prompt_template": None,
-                                             "completion_template": None, "block_size": None}
+                                             "completion_template": None, "block_size": None,
+                                             "split_on": None}
         assert job.method.type == "supervised" and job.trained_tokens > 0
         saved = read_saved(home / "service" / "runs" / job.id / "config.yaml")
         assert (saved.template, saved.lr, saved.val_split, saved.format) == (
