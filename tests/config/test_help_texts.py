@@ -13,7 +13,7 @@ from lmtune.analysis.evaluate import packing_for
 from lmtune.config import EvalConfig, TrainConfig
 from lmtune.config.defaults import default_lora_targets
 from lmtune.config.train import short_float
-from lmtune.tasks.plan import fill_schedule, plan_classify, plan_run
+from lmtune.tasks.plan import fill_schedule, plan_classify, plan_preference, plan_run
 
 
 def _help(cls, name: str) -> str:
@@ -24,6 +24,24 @@ def _help(cls, name: str) -> str:
 def test_learning_rate_help_names_each_methods_default(method):
     lr = fill_schedule(TrainConfig(method=method), 100, n_layers=12).lr
     assert f"{short_float(lr)} for {method}" in _help(TrainConfig, "lr")
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "freeze"])
+def test_learning_rate_help_names_each_methods_preference_default(method):
+    lr = fill_schedule(TrainConfig(method=method, task="preference"), 100, n_layers=12).lr
+    after = _help(TrainConfig, "lr").split("with --task preference")[1]
+    assert f"{short_float(lr)} for {method}" in after
+
+
+def test_preference_help_gives_each_losss_beta_simpos_gamma_and_the_cut():
+    for loss in ("dpo", "orpo", "simpo"):
+        cfg, plan = plan_preference(TrainConfig(task="preference", loss=loss), lengths=[10] * 9,
+                                    context=100_000, n_layers=12)
+        assert f"{cfg.beta:g} for {loss}" in _help(TrainConfig, "beta")
+    assert f"(default {cfg.gamma:g})" in _help(TrainConfig, "gamma")
+    assert (f"with --task preference, the most tokens kept of each prompt with its answer "
+            f"(default: {plan.block_size}, or the model's context") in _help(TrainConfig,
+                                                                            "block_size")
 
 
 def test_warmup_help_gives_its_share_and_its_cap():

@@ -10,7 +10,8 @@ import pytest
 from lmtune.config import TrainConfig
 from lmtune.config.defaults import (MAX_BLOCK, MAX_TOKENS_PER_STEP, MIN_TOKENS_PER_STEP,
                                     TARGET_STEPS_PER_EPOCH)
-from lmtune.tasks.plan import fill_schedule, plan_classify, plan_run, tokens_per_step
+from lmtune.tasks.plan import (fill_schedule, plan_classify, plan_preference, plan_run,
+                               tokens_per_step)
 
 
 def _plan(cfg=None, *, tokens: int, doc_tokens: int = 30, context: int = 2048, world: int = 1):
@@ -69,6 +70,19 @@ def test_classification_batches_hold_a_bounded_number_of_texts_cut_at_the_limit(
     assert tiny.batch_size == 10  # all of them: 256 tokens of text a step need 13
     _, short = plan_classify(TrainConfig(), lengths=[25] * 283, context=2048, n_layers=12)
     assert short.batch_size == 11  # not 4: a step carries 256 tokens of text, as in LM
+
+
+def test_preference_batches_hold_pairs_and_fill_the_loss_settings():
+    pref = TrainConfig(task="preference")
+    cfg, plan = plan_preference(pref, lengths=[40] * 300, context=2048, n_layers=12)
+    assert plan.batch_size == 4 and plan.block_size == 1024  # 300 pairs: 75 steps per epoch
+    assert plan.tokens_per_step == 2 * 40 * 4  # both answers of each pair
+    assert (cfg.loss, cfg.beta, cfg.gamma, cfg.lr) == ("dpo", 0.1, None, 5e-4)
+    _, long = plan_preference(pref, lengths=[900] * 10_000, context=512, n_layers=12)
+    assert long.block_size == 512 and long.batch_size == 8  # at most 8 pairs (TRL's batch)
+    cfg, _ = plan_preference(dataclasses.replace(pref, loss="simpo", method="full"),
+                             lengths=[40] * 10, context=2048, n_layers=12)
+    assert (cfg.loss, cfg.beta, cfg.gamma, cfg.lr) == ("simpo", 0.1, 0.5, 5e-6)
 
 
 def test_schedule_defaults_follow_the_run_length():

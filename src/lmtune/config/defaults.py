@@ -12,7 +12,7 @@ METHODS = ("lora", "full", "freeze")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "linear", "constant")
-TASKS = ("generate", "classify")
+TASKS = ("generate", "classify", "preference")
 CLASS_WEIGHTS = ("none", "auto")
 DATA_FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
 
@@ -20,6 +20,19 @@ DATA_FORMATS = ("txt", "csv", "tsv", "json", "jsonl", "parquet")
 # move pretrained weights, where 5e-5 (full) and 1e-4 (freeze, fewer weights) do not wreck
 # what the model knows.
 DEFAULT_LR = {"lora": 1e-3, "full": 5e-5, "freeze": 1e-4}
+
+# --task preference. The losses and their strength follow TRL (huggingface/trl, read at commit
+# f2cd577): DPO is DPOTrainer's loss_type="sigmoid" with DPOConfig.beta = 0.1; ORPO's lambda is
+# ORPOConfig.beta = 0.1; SimPO is CPOTrainer's loss_type="simpo" (cpo_alpha=0) with
+# CPOConfig.beta = 0.1 and simpo_gamma = 0.5.
+PREFERENCE_LOSSES = ("dpo", "orpo", "simpo")
+PREFERENCE_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 0.1}
+SIMPO_GAMMA = 0.5
+# TRL's learning rate for all three is 1e-6 (DPOConfig, ORPOConfig, CPOConfig), for full
+# fine-tuning of billion-parameter models; PREFERENCE_LR holds lmtune's, per method.
+PREFERENCE_LR = {"lora": 5e-4, "full": 5e-6, "freeze": 1e-5}
+PREFERENCE_MAX_LENGTH = 1024  # tokens of prompt + answer kept (DPOConfig.max_length)
+PREFERENCE_BATCH = (2, 8)     # pairs per automatic batch, at least and at most (TRL: 8)
 
 # Tokens per optimizer step are sized from the corpus (tasks/plan.py): a fixed 8 x 1024 would
 # give a few hundred short jokes one step per epoch, and nothing is learned.

@@ -12,8 +12,9 @@ from pathlib import Path
 from lmtune.config.defaults import (CLASS_WEIGHTS, CLASSIFY_MAX_LENGTH, DATA_FORMATS,
                                     DEFAULT_LR, DEFAULT_MODEL, DEVICES, EVALS_PER_RUN,
                                     FREEZE_SHARE, LLAMA_LIKE, LORA_TARGETS, MAX_BLOCK,
-                                    MAX_WARMUP, METHODS, PRECISIONS, SAVE_MINUTES, SCHEDULES,
-                                    TASKS, WARMUP_SHARE)
+                                    MAX_WARMUP, METHODS, PRECISIONS, PREFERENCE_BETA,
+                                    PREFERENCE_LOSSES, PREFERENCE_LR, PREFERENCE_MAX_LENGTH,
+                                    SAVE_MINUTES, SCHEDULES, SIMPO_GAMMA, TASKS, WARMUP_SHARE)
 from lmtune.config.fields import THREADS_HELP, TRUST_REMOTE_CODE_HELP, build, flag, opt
 from lmtune.errors import UserError
 
@@ -44,8 +45,9 @@ class DataOptions:
                              alias="--field", group="data")
     template: str | None = opt(None, "Build each example from fields, e.g. "
                                "'Quote by {author}: \"{quote}\"'.", group="data")
-    prompt_template: str | None = opt(None, "Prompt part of a prompt/completion pair; its tokens "
-                                      "are context only and do not count in the loss.", group="data")
+    prompt_template: str | None = opt(None, "Prompt part of a prompt/completion pair (with --task "
+                                      "preference: the prompt of each pair); its tokens are "
+                                      "context only and do not count in the loss.", group="data")
     completion_template: str | None = opt(None, "Completion part of a prompt/completion pair "
                                           "(the text the model learns).", group="data")
     split_on: str | None = opt(None, "For .txt data: split the text into one example per piece "
@@ -55,9 +57,10 @@ class DataOptions:
 
 @dataclass
 class TrainConfig(DataOptions):
-    task: str = opt("generate", "What to learn: generate (continue text, the default) or "
+    task: str = opt("generate", "What to learn: generate (continue text, the default), "
                     "classify (a label per text, with --text-column or --template and "
-                    "--label-column).", choices=TASKS, group="task")
+                    "--label-column) or preference (a chosen over a rejected answer to each "
+                    "prompt, with --loss).", choices=TASKS, group="task")
     text_column: str | None = opt(None, "With --task classify: the column or field that holds "
                                   "the text (or build it with --template).", group="task")
     label_column: str | None = opt(None, "With --task classify: the column or field that holds "
@@ -65,6 +68,20 @@ class TrainConfig(DataOptions):
     class_weights: str = opt("none", "With --task classify: 'auto' weighs each class's loss by "
                              "n / (classes x its count), so rare labels count as much as "
                              "common ones.", choices=CLASS_WEIGHTS, group="task")
+    loss: str | None = opt(None, "With --task preference: dpo (the default; rewards are measured "
+                           "against the base model), or orpo or simpo (no reference model).",
+                           choices=PREFERENCE_LOSSES, group="task")
+    beta: float | None = opt(None, "With --task preference: the strength of the preference term "
+                             "(default: " + ", ".join(f"{v:g} for {k}" for k, v in
+                                                      PREFERENCE_BETA.items()) + "): DPO's "
+                             "beta (higher keeps closer to the base), ORPO's lambda, SimPO's "
+                             "reward scale.", group="task")
+    gamma: float | None = opt(None, f"With --loss simpo: the target reward margin (default "
+                              f"{SIMPO_GAMMA:g}).", group="task")
+    chosen_column: str | None = opt(None, "With --task preference: the column or field that holds "
+                                    "the preferred answer (default: chosen).", group="task")
+    rejected_column: str | None = opt(None, "With --task preference: the column or field that "
+                                      "holds the other answer (default: rejected).", group="task")
     model: str | None = opt(None, f"Model to fine-tune: a Hugging Face id, a local model folder, "
                             f"a run folder or checkpoint of lmtune, or '{DEFAULT_MODEL}' "
                             f"(the embedded default, used when not given).", group="model")
@@ -96,8 +113,12 @@ class TrainConfig(DataOptions):
                                  f"at most min({MAX_BLOCK}, the model's context)); with --task "
                                  "classify, the most tokens kept of each text, in training and "
                                  f"prediction (default: {CLASSIFY_MAX_LENGTH}, or the model's "
-                                 "context if shorter).", group="training")
-    batch_size: int | None = opt(None, "Blocks (with --task classify: texts) per device per "
+                                 "context if shorter); with --task preference, the most tokens "
+                                 "kept of each prompt with its answer (default: "
+                                 f"{PREFERENCE_MAX_LENGTH}, or the model's context if shorter).",
+                                 group="training")
+    batch_size: int | None = opt(None, "Blocks (with --task classify: texts; with --task "
+                                 "preference: pairs) per device per "
                                  "optimizer micro-step (default: chosen from the data so each "
                                  "epoch has enough steps).", group="training")
     grad_accum: int = opt(1, "Micro-steps accumulated per optimizer step.", group="training")
@@ -106,7 +127,9 @@ class TrainConfig(DataOptions):
     max_steps: int | None = opt(None, "Total optimizer steps; overrides --epochs.",
                                 group="training")
     lr: float | None = opt(None, "Peak learning rate (default: " + ", ".join(
-        f"{short_float(v)} for {k}" for k, v in DEFAULT_LR.items()) + ").", group="training")
+        f"{short_float(v)} for {k}" for k, v in DEFAULT_LR.items()) + "; with --task preference "
+        + ", ".join(f"{short_float(v)} for {k}" for k, v in PREFERENCE_LR.items()) + ").",
+        group="training")
     weight_decay: float = opt(0.0, "AdamW weight decay.", group="training")
     lr_schedule: str = opt("cosine", "Learning-rate schedule after warmup.", choices=SCHEDULES,
                            group="training")
@@ -201,14 +224,23 @@ def check_train(cfg: TrainConfig) -> list[str]:
     problems += check_block_size(cfg.block_size)
     if cfg.train_layers is not None and cfg.method != "freeze":
         problems.append("--train-layers only applies to --method freeze")
-    if bool(cfg.prompt_template) != bool(cfg.completion_template):
+    if bool(cfg.prompt_template) != bool(cfg.completion_template) and cfg.task != "preference":
         problems.append("--prompt-template and --completion-template go together")
+    preference = [flag(n) for n in ("loss", "beta", "gamma", "chosen_column", "rejected_column")
+                  if getattr(cfg, n) is not None]
+    if preference and cfg.task != "preference":
+        problems.append(f"{', '.join(preference)} only appl{'ies' if len(preference) == 1 else 'y'}"
+                        f" to --task preference")
     if cfg.template and cfg.prompt_template:
         problems.append("use either --template or --prompt-template/--completion-template")
     if cfg.fsdp and cfg.method == "lora":
         problems.append("--fsdp is for --method full or freeze: a LoRA adapter is small, and "
                         "LoRA trains under DDP with the base model whole on every device "
                         "(drop --fsdp)")
+    if cfg.beta is not None and cfg.beta <= 0:
+        problems.append(f"--beta must be above 0 (got {cfg.beta})")
+    if cfg.gamma is not None and cfg.gamma < 0:
+        problems.append(f"--gamma must not be negative (got {cfg.gamma})")
     if cfg.dry_run and cfg.devices > 1:
         problems.append("--dry-run times steps on one process (drop --devices)")
     return problems

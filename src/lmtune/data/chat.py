@@ -29,10 +29,16 @@ def chat_turns(records, source: str) -> list[tuple[Turn, ...]]:
     """Each record's turns, checked as OpenAI's data checker does; a bad record is an error
     naming where it is, and nothing is trained on a file that has one."""
     place = getattr(records, "place", lambda i: f"record {i + 1}")
-    return [_turns(r[FIELD], f"{source} {place(i)}") for i, r in enumerate(records)]
+    return [message_turns(r[FIELD], f"{source} {place(i)}") for i, r in enumerate(records)]
 
 
-def _turns(messages: list, where: str) -> tuple[Turn, ...]:
+def message_turns(messages, where: str, need_answer: bool = True) -> tuple[Turn, ...]:
+    """A list of messages as turns; an error naming `where` for anything lmtune cannot train
+    on. Without `need_answer` (a preference pair's prompt) no assistant message is needed."""
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: expected a non-empty list of messages, got "
+                        f"{type(messages).__name__}",
+                        hint='write messages as [{"role": "user", "content": "..."}, ...]')
     turns = []
     for j, m in enumerate(messages, start=1):
         if not isinstance(m, dict):
@@ -50,7 +56,7 @@ def _turns(messages: list, where: str) -> tuple[Turn, ...]:
             raise UserError(f"{where}: message {j} has weight {weight!r}",
                             hint="weight is 0 or 1, and only on assistant messages")
         turns.append(Turn(role, content, role == "assistant" and weight == 1))
-    if not any(t.role == "assistant" for t in turns):
+    if need_answer and not any(t.role == "assistant" for t in turns):
         raise UserError(f"{where}: the conversation has no assistant message",
                         hint="each example needs at least one assistant answer to learn from")
     return tuple(turns)

@@ -111,3 +111,47 @@ def loss_sum(model, batch, device, chunked: bool = True) -> torch.Tensor:
     logits = model(**inputs).logits  # (B, T, V)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets,
                            ignore_index=-100, reduction="sum")
+
+
+LOGP_CHUNK_ROWS = 1024  # answer tokens whose logits exist at once: 200 MB for 49k words
+
+
+def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+                 ) -> torch.Tensor:
+    """(N,) log-probability of each target under the head, in fp32 (the logits under autocast
+    are in its dtype, the log-softmax is not)."""
+    logits = F.linear(hidden, weight).float()  # (N, V)
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """((R,) summed log-probabilities, (R,) counts) of each row's target tokens: those whose
+    label is not -100 (a preference pair's answer tokens), each predicted from the position
+    before it. Only those positions go through the LM head, in chunks whose logits are
+    recomputed in the backward pass rather than kept (torch.utils.checkpoint): the logits of
+    a batch of long answers would otherwise be rows x vocabulary floats, three times over."""
+    labels = batch.labels.to(device, non_blocking=True)
+    targets = labels[:, 1:]                                   # (R, T-1)
+    rows, cols = (targets != -100).nonzero(as_tuple=True)     # (N,), (N,)
+    inputs = model_inputs(model, batch, device)
+    counts = (targets != -100).sum(dim=1)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+    backbone = _backbone(model) if _chunked_ok(model) else None
+    if backbone is None:  # a head with a bias, soft-capping ... or DDP/FSDP: the whole model
+        logits = model(**inputs).logits[:, :-1][rows, cols].float()  # (N, V)
+        logp = logits.gather(1, targets[rows, cols][:, None]).squeeze(1) \
+            - torch.logsumexp(logits, dim=-1)
+        return sums.index_add(0, rows, logp), counts
+    hidden = backbone(**inputs).last_hidden_state[:, :-1][rows, cols]  # (N, H), after the norm
+    weight = getattr(model, "module", model).get_output_embeddings().weight
+    parts = []
+    for start in range(0, len(rows), LOGP_CHUNK_ROWS):
+        h, y = hidden[start:start + LOGP_CHUNK_ROWS], targets[rows, cols][start:start
+                                                                         + LOGP_CHUNK_ROWS]
+        if torch.is_grad_enabled():
+            parts.append(torch.utils.checkpoint.checkpoint(_token_logps, h, weight, y,
+                                                           use_reentrant=False))
+        else:
+            parts.append(_token_logps(h, weight, y))
+    logp = torch.cat(parts) if parts else sums.new_zeros(0)
+    return sums.index_add(0, rows, logp), counts

@@ -3,6 +3,7 @@ text, behind one interface (base.py) that the training loop calls.
 
   generate.py   --task generate (the default): language modelling
   classify/     --task classify: a label head on the same models, and prediction with it
+  preference/   --task preference: a chosen over a rejected answer (DPO, ORPO, SimPO)
   plan.py       the step plan both share: block, batch, steps, learning rate, intervals
 """
 
@@ -19,4 +20,7 @@ def task_for(cfg):
     if cfg.task == "generate":
         from lmtune.tasks.generate import LanguageModeling
         return LanguageModeling()
-    raise UserError(f"unknown --task {cfg.task!r}; choose generate or classify")
+    if cfg.task == "preference":
+        from lmtune.tasks.preference.task import Preference
+        return Preference()
+    raise UserError(f"unknown --task {cfg.task!r}; choose generate, classify or preference")

@@ -28,7 +28,8 @@ class LanguageModeling:
     name = "generate"
     best_metric = "val_loss"
     chat = False              # the data is conversations (data/chat.py)
-    chat_prompts: list[str] = []  # then samples ask the first conversations' first questions
+    # Chat data: the samples during training ask the first conversations' first questions
+    sample_prompts: list[str] = []
 
     def check(self, cfg: TrainConfig) -> list[str]:
         given = [flag(n) for n in ("text_column", "label_column") if getattr(cfg, n) is not None]
@@ -45,7 +46,7 @@ class LanguageModeling:
             # The run saves this tokenizer: a model without a chat template gets the one its
             # conversations were rendered with (a cached corpus skips rendering, so here).
             use_chat_template(tokenizer)
-            self.chat, self.chat_prompts = True, list(splits.stats.get("chat_prompts", []))
+            self.chat, self.sample_prompts = True, list(splits.stats.get("chat_prompts", []))
         cfg, plan = plan_run(
             cfg, n_train_tokens=train_docs.n_tokens, context=context, n_layers=n_layers,
             world=world, n_blocks_for=lambda bs: make_dataset(

@@ -16,7 +16,9 @@ import math
 from lmtune.config.defaults import (CLASSIFY_BATCH, CLASSIFY_MAX_LENGTH, DEFAULT_LR,
                                     EVALS_PER_RUN, FREEZE_SHARE, MAX_BLOCK, MAX_TOKENS_PER_STEP,
                                     MAX_WARMUP, MIN_AUTO_BLOCK, SAVE_MINUTES, MIN_TOKENS_PER_STEP,
-                                    TARGET_STEPS_PER_EPOCH, WARMUP_SHARE)
+                                    PREFERENCE_BATCH, PREFERENCE_BETA, PREFERENCE_LR,
+                                    PREFERENCE_MAX_LENGTH, SIMPO_GAMMA, TARGET_STEPS_PER_EPOCH,
+                                    WARMUP_SHARE)
 
 
 def _pow2_floor(x: float) -> int:
@@ -92,11 +94,39 @@ def plan_classify(cfg, *, lengths, context: int, n_layers: int | None, world: in
                      * batch * cfg.grad_accum * world)
 
 
+def plan_preference(cfg, *, lengths, context: int, n_layers: int | None, world: int = 1):
+    """The same for --task preference, where a row is a pair: its prompt with the chosen and
+    with the rejected answer, both in the same forward pass. Each is cut at `block_size`
+    tokens (default: PREFERENCE_MAX_LENGTH or the model's context); a batch holds about
+    n / TARGET_STEPS_PER_EPOCH pairs within PREFERENCE_BATCH and MAX_TOKENS_PER_STEP, and at
+    least MIN_TOKENS_PER_STEP tokens, as for classification. `lengths` is each pair's longer
+    sequence. Fills the loss (dpo), its beta and SimPO's gamma too."""
+    max_length = cfg.block_size or min(PREFERENCE_MAX_LENGTH, context)
+    longest = min(max_length, int(max(lengths)))
+    by_tokens = max(1, MAX_TOKENS_PER_STEP // (2 * longest))
+    least, most = PREFERENCE_BATCH
+    mean = sum(min(n, max_length) for n in lengths) / max(1, len(lengths))
+    least = min(most, max(least, math.ceil(MIN_TOKENS_PER_STEP / max(1.0, 2 * mean))))
+    batch = cfg.batch_size or max(1, min(len(lengths), by_tokens, max(least, min(
+        most, _pow2_floor(len(lengths) / TARGET_STEPS_PER_EPOCH)))) // world)
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(lengths) / (batch * world))
+                                       / cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    loss = cfg.loss or "dpo"
+    cfg = fill_schedule(dataclasses.replace(
+        cfg, loss=loss, beta=PREFERENCE_BETA[loss] if cfg.beta is None else cfg.beta,
+        gamma=(SIMPO_GAMMA if cfg.gamma is None else cfg.gamma) if loss == "simpo" else None),
+        total, n_layers, block_size=max_length, batch_size=batch)
+    return cfg, Plan(block_size=max_length, batch_size=batch, steps_per_epoch=steps_per_epoch,
+                     total_steps=total, tokens_per_step=2 * longest * batch * cfg.grad_accum
+                     * world)
+
+
 def fill_schedule(cfg, total: int, n_layers: int | None, **updates):
     """The defaults every task shares once the step count is known: learning rate, warmup,
     evaluation, checkpoint and sample intervals, freeze depth."""
     if cfg.lr is None:
-        updates["lr"] = DEFAULT_LR[cfg.method]
+        updates["lr"] = (PREFERENCE_LR if cfg.task == "preference" else DEFAULT_LR)[cfg.method]
     if cfg.warmup_steps is None:
         updates["warmup_steps"] = min(MAX_WARMUP, math.ceil(WARMUP_SHARE * total))
     if cfg.eval_every is None:

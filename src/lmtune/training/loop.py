@@ -52,6 +52,7 @@ class LoopState:
     window_targets: int = 0
     window_tokens: int = 0
     window_seconds: float = 0.0
+    window_stats: dict = dataclasses.field(default_factory=dict)  # the task's sums (step.py)
 
     @classmethod
     def from_saved(cls, saved: dict, **updates) -> "LoopState":
@@ -130,10 +131,14 @@ class Window:
         self.targets, self.tokens = state.window_targets, state.window_tokens
         self.t0 = time.perf_counter() - state.window_seconds
         self.mean_loss: float | None = None  # of the last record, unrounded
+        # The task's statistics (a preference pair's rewards), summed like the loss
+        self.stats = {name: torch.tensor(value if is_main else 0.0, device=device)
+                      for name, value in state.window_stats.items()}
 
     def save_into(self, state: LoopState, world) -> None:
         """The partial window into the state a checkpoint saves (a collective)."""
         state.window_loss = world.sum(self.loss.clone()).item()
+        state.window_stats = self._summed(world)
         state.window_targets, state.window_tokens = self.targets, self.tokens
         state.window_seconds = time.perf_counter() - self.t0
 
@@ -141,6 +146,15 @@ class Window:
         self.loss += result.loss
         self.targets += result.n_targets
         self.tokens += result.n_tokens
+        for name, value in result.stats.items():
+            self.stats[name] = self.stats[name] + value if name in self.stats else value.clone()
+
+    def _summed(self, world) -> dict:
+        """The statistics summed over every rank, in one collective (and one host sync)."""
+        if not self.stats:
+            return {}
+        sums = world.sum(torch.stack(list(self.stats.values())).double()).tolist()
+        return dict(zip(self.stats, sums))
 
     def record(self, setup: Setup, state: LoopState, lr: float, grad_norm: float,
                flops_tok: float, peak: float | None) -> dict:
@@ -154,9 +168,12 @@ class Window:
         if peak:
             record["mfu"] = round(record["tokens_per_s"] * flops_tok
                                   / (peak * setup.world.size), 4)
+        record.update({name: round(value / self.targets, 4)
+                       for name, value in self._summed(setup.world).items()})
         if state.skipped_steps:  # updates skipped for a non-finite gradient so far
             record["skipped_steps"] = state.skipped_steps
         self.loss.zero_()
+        self.stats = {}
         self.targets = self.tokens = 0
         self.t0 = time.perf_counter()
         return record
@@ -313,7 +330,9 @@ def _sample(setup: Setup, step: int, logs: _Logs, copies: LazyIndex) -> None:
     if not (world.is_main or world.fsdp):
         return
     chat = getattr(setup.task, "chat", False)  # conversations: samples answer questions
-    prompts = cfg.sample_prompts or (setup.task.chat_prompts if chat else None)
+    # the run's prompts, else the task's own (the first questions of chat data, the prompts
+    # of held-out preference pairs), else unconditional samples
+    prompts = cfg.sample_prompts or getattr(setup.task, "sample_prompts", None)
     with setup.accelerator.autocast():
         got = generate(setup.unwrapped, setup.tokenizer, prompts or None, n=1,
                        max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed + step,

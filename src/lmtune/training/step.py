@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,17 @@ class StepResult:
     n_tokens: int       # real (non-padding) tokens, over all ranks
     grad_norm: float    # before clipping; the step's one host sync
     skipped: bool       # the gradient was not finite, so the weights were not updated
+    # The task's statistics (tasks/base.py, loss_and_stats), summed over this rank's targets:
+    # 0-dim tensors on the device, like the loss
+    stats: dict = field(default_factory=dict)
+
+
+def loss_and_stats(task, model, batch, device) -> tuple[torch.Tensor, dict]:
+    """The batch's summed loss, and the sums of the statistics the task reports in training
+    log records (none for a task without `loss_and_stats`)."""
+    if hasattr(task, "loss_and_stats"):
+        return task.loss_and_stats(model, batch, device)
+    return task.loss_sum(model, batch, device), {}
 
 
 def train_step(setup, micro: list) -> StepResult:
@@ -34,6 +45,7 @@ def train_step(setup, micro: list) -> StepResult:
     # step's target tokens: the update is the sum over all of them / n_targets.
     share = n_targets / world.size
     step_loss = torch.zeros((), device=device)
+    step_stats: dict = {}
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with nullcontext() if last else world.no_sync(model, accelerator):
@@ -41,9 +53,12 @@ def train_step(setup, micro: list) -> StepResult:
             # and the chunked LM head (fast/chunked_ce.py) runs outside it, where fp32
             # matmuls made a small-model step 1.4x slower.
             with accelerator.autocast():
-                loss = setup.task.loss_sum(model, batch, device) / share
+                loss, stats = loss_and_stats(setup.task, model, batch, device)
+                loss = loss / share
             accelerator.backward(loss)
         step_loss += loss.detach()
+        for name, value in stats.items():
+            step_stats[name] = step_stats.get(name, 0) + value.detach()
     # One host sync per step: a non-finite gradient must skip the update, never reach the
     # weights (and so never a checkpoint).
     grad_norm = optim.clip_gradients(accelerator, setup.params,
@@ -53,4 +68,4 @@ def train_step(setup, micro: list) -> StepResult:
         setup.optimizer.step()
     setup.optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=step_loss * share, n_targets=n_targets, n_tokens=n_tokens,
-                      grad_norm=grad_norm, skipped=skipped)
+                      grad_norm=grad_norm, skipped=skipped, stats=step_stats)

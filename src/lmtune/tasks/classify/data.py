@@ -238,6 +238,25 @@ def pad_rows(rows: list[np.ndarray], pad_id: int, side: str = "right"
     return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(positions)
 
 
+def length_grouped(lengths: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                   epoch: int) -> list[np.ndarray]:
+    """The row indices of each batch of an epoch (see TextDataset): shuffled by (seed, epoch),
+    sorted by length within groups of GROUP_BATCHES batches, the batches shuffled again;
+    without `shuffle`, longest first."""
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    group = batch_size * GROUP_BATCHES
+    batches = []
+    for g in range(0, len(perm), group):
+        rows = perm[g: g + group]
+        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+        batches += [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class TextDataset:
     """Batches of whole texts, padded to the longest of each batch.
 
@@ -260,19 +279,8 @@ class TextDataset:
         return -(-len(self.texts) // batch_size)
 
     def _order(self, epoch: int, batch_size: int) -> list[np.ndarray]:
-        lengths = self.texts.lengths
-        if not self.shuffle:
-            order = np.argsort(-lengths, kind="stable")
-            return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(lengths))
-        group = batch_size * GROUP_BATCHES
-        batches = []
-        for g in range(0, len(perm), group):
-            rows = perm[g: g + group]
-            rows = rows[np.argsort(-lengths[rows], kind="stable")]
-            batches += [rows[i: i + batch_size] for i in range(0, len(rows), batch_size)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return length_grouped(self.texts.lengths, batch_size, shuffle=self.shuffle,
+                              seed=self.seed, epoch=epoch)
 
     def batches(self, epoch: int, batch_size: int, start: int = 0, *, rank: int = 0,
                 world: int = 1) -> Iterator[ClassBatch]:
