@@ -249,6 +249,15 @@ class Store:
             rows = db.execute(query.order_by(EVENTS.c.seq.desc()).limit(limit)).mappings().all()
         return [dict(r) for r in rows]
 
+    def events_since(self, job_id: str, seq: int, limit: int) -> list[dict]:
+        """Oldest first: the events after `seq`, for a page that follows the job (the
+        newest `limit` of them when more arrived)."""
+        query = (EVENTS.select().where(EVENTS.c.job_id == job_id, EVENTS.c.seq > seq)
+                 .order_by(EVENTS.c.seq.desc()).limit(limit))
+        with self.engine.connect() as db:
+            rows = db.execute(query).mappings().all()
+        return [dict(r) for r in reversed(rows)]
+
     def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str) -> None:
         with self.engine.begin() as db:
             db.execute(CHECKPOINTS.insert().values(

@@ -140,9 +140,8 @@ def _tails(run: RunFolder) -> dict:
 
 
 def _events(state: ServerState, job_id: str, after_seq: int) -> list[dict]:
-    rows = state.finetune.store.events(job_id, None, MAX_EVENTS)
-    return [{**objects.event_object(r), "seq": r["seq"]}
-            for r in reversed(rows) if r["seq"] > after_seq]
+    rows = state.finetune.store.events_since(job_id, after_seq, MAX_EVENTS)
+    return [{**objects.event_object(r), "seq": r["seq"]} for r in rows]
 
 
 def _checkpoints(state: ServerState, job: dict) -> list[dict]:
