@@ -356,3 +356,20 @@ def test_a_short_dpo_run_learns_the_preferred_style(tiny_gpt2, tmp_path):
     assert (info["task"], info["loss"], info["beta"]) == ("preference", "dpo", 0.1)
     samples = _records(run.out / "samples.jsonl")
     assert {s["prompt"] for s in samples} <= {r["prompt"] for r in toy_rows(20, seed=1)}
+
+
+def test_the_command_line_and_the_report_show_the_rewards(tiny_gpt2, prefs, tmp_path, capsys):
+    code, out, err = run_cli(capsys, [
+        "train", prefs, "--task", "preference", "--loss", "orpo", "--model", tiny_gpt2,
+        "--out", tmp_path / "run", "--max-steps", "4", "--eval-every", "2", "--lr", "1e-2",
+        "--precision", "fp32", "--device", "cpu", "--sample-max-new-tokens", "4"])
+    assert code == 0, err
+    assert "pairs per batch (cut at 256 tokens)" in err
+    assert "preference loss: orpo (beta 0.1; no reference)" in err
+    assert "step 4: validation loss" in err and "reward accuracy" in err
+    assert "validation at step 4: reward accuracy" in out
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "Preferences on the held-out pairs" in html and "perplexity" not in html
+    # before and after on the held-out prompts that the samples answered
+    asked = {s["prompt"] for s in _records(tmp_path / "run" / "samples.jsonl")}
+    assert "fine-tuned" in html and all(p in html for p in asked)

@@ -25,6 +25,7 @@ from lmtune.run.folder import RunFolder
 from lmtune.tasks.generate import perplexity
 
 BEFORE_AFTER_SAMPLES = 2  # per prompt, from each model
+LANGUAGE_MODELS = ("generate", "preference")  # tasks whose runs generate text
 
 
 @dataclass
@@ -138,6 +139,25 @@ def summarize(metrics: list[dict]) -> dict:
     }
 
 
+REWARDS = ("reward_accuracy", "reward_margin", "rewards_chosen", "rewards_rejected")
+
+
+def _rewards(metrics: list[dict]) -> list[str]:
+    """A preference run's rewards on the held-out pairs at each evaluation (--task
+    preference): how often the chosen answer wins, by how much, and each answer's reward."""
+    evals = [r for r in metrics if "val_loss" in r and "reward_accuracy" in r]
+    if not evals:
+        return []
+    rows = [[f'<td class="num">{r["step"]}</td>', f'<td class="num">{_num(r["val_loss"])}</td>',
+             *(f'<td class="num">{_num(r[k], 3)}</td>' for k in REWARDS)] for r in evals]
+    return ["<h2>Preferences on the held-out pairs</h2>",
+            '<p class="muted">reward accuracy: the share of pairs whose chosen answer has the '
+            'higher reward; a reward is beta x the log-probability gained over the base model '
+            '(dpo) or beta x the mean token log-probability (orpo, simpo)</p>',
+            _table(rows, ["step", "validation loss", "reward accuracy", "reward margin",
+                          "chosen reward", "rejected reward"])]
+
+
 def render_html(run: Path, cfg: TrainConfig, info: dict, metrics: list[dict],
                 samples: list[dict], png: bytes, before_after: list | None,
                 note: str | None = None) -> str:
@@ -149,7 +169,9 @@ def render_html(run: Path, cfg: TrainConfig, info: dict, metrics: list[dict],
         ["tokens trained", _num(s["tokens"])],
         ["final train loss", _num(s["final_train_loss"])],
         ["final validation loss (perplexity)",
-         f"{_num(s['final_val_loss'])} ({_num(s['final_val_perplexity'], 3)})"],
+         f"{_num(s['final_val_loss'])} ({_num(s['final_val_perplexity'], 3)})"]
+        if info.get("task") != "preference" else  # not a token loss: no perplexity
+        ["final validation loss", _num(s["final_val_loss"])],
         ["best validation loss", f"{_num(s['best_val_loss'])} at step {_num(s['best_step'])}"],
         ["throughput (median)", f"{_num(s['median_tokens_per_s'], 1)} tokens/s"],
         ["share of the last samples that copy a training example verbatim",
@@ -160,7 +182,7 @@ def render_html(run: Path, cfg: TrainConfig, info: dict, metrics: list[dict],
              _table([[f"<th>{k}</th>", f"<td>{v}</td>"] for k, v in summary_rows], css="kv"),
              "<h2>Loss and learning rate</h2>",
              f'<img alt="loss curves" src="data:image/png;base64,'
-             f'{base64.b64encode(png).decode()}">']
+             f'{base64.b64encode(png).decode()}">', *_rewards(metrics)]
     parts.append("<h2>Before and after, on the sample prompts (same seed)</h2>")
     if before_after:
         rows = []
@@ -215,7 +237,7 @@ def write_report(run: str | Path, *, pair=None, compare: bool = True, device: st
     cfg, info = run.config(), run.info()
     metrics, samples = run.records(run.metrics_file), run.records(run.samples_file)
     before_after, note = None, None
-    if info.get("task", "generate") != "generate":
+    if info.get("task", "generate") not in LANGUAGE_MODELS:
         note = f"not for a {info['task']} run"
     elif compare and not run.final.is_dir():
         note = "the run has no final model yet"
@@ -241,8 +263,13 @@ def _before_after(run: RunFolder, cfg: TrainConfig, info: dict, pair, device: st
         base = info.get("base_model") or cfg.model
         pair = ModelPair.load(base, str(run.path), device, "auto", trust_remote_code,
                               allow_pickle)
-    return same_seed_samples(pair, list(cfg.sample_prompts) or [""], n=BEFORE_AFTER_SAMPLES,
-                             seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens)
+    prompts, chat = list(cfg.sample_prompts) or [""], False
+    if info.get("task") == "preference":  # the held-out prompts the samples answered
+        asked = dict.fromkeys(r["prompt"] for r in run.records(run.samples_file))
+        prompts, chat = prompts if cfg.sample_prompts else list(asked) or [""], \
+            info.get("format") == "chat"
+    return same_seed_samples(pair, prompts, n=BEFORE_AFTER_SAMPLES, seed=cfg.seed,
+                             max_new_tokens=cfg.sample_max_new_tokens, chat=chat)
 
 
 def report_at_end(out: Path, model, tokenizer, device, autocast, emit) -> None:
@@ -266,7 +293,7 @@ def _report_at_end(run: RunFolder, out: Path, model, tokenizer, device, autocast
     info, cfg = run.info(), run.config()
     # The base loads as training loaded it: the same command, the same trust.
     trust = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    if info.get("task", "generate") != "generate":
+    if info.get("task", "generate") not in LANGUAGE_MODELS:
         return write_report(out, compare=False)
     if not cfg.sample_every:
         return write_report(out, compare=False, left_out="left out: samples were turned off "

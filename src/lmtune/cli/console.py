@@ -11,6 +11,15 @@ from tqdm.auto import tqdm
 from lmtune.cli.output import short_count
 from lmtune.cli.progress import StageBars
 
+# What a batch row is, for the tasks whose rows are not packed blocks
+ROWS = {"classify": "texts", "preference": "pairs"}
+
+
+def reward_line(m: dict) -> str:
+    """A preference record's rewards: how often the chosen answer wins, and by how much."""
+    return (f"reward accuracy {m['reward_accuracy']:.3f}, margin {m['reward_margin']:.3f} "
+            f"(chosen {m['rewards_chosen']:+.3f}, rejected {m['rewards_rejected']:+.3f})")
+
 
 def collapse_note(m: dict) -> str:
     """A classifier that answers one label for every text has learned only the label counts."""
@@ -65,10 +74,11 @@ class TrainConsole:
         per_step = d["tokens_per_step"]
         world = d.get("world_size", 1)
         procs = f" x {world} processes" if world > 1 else ""
-        if d.get("task") == "classify":
-            self.say(f"plan: {d['batch_size']} texts per batch (cut at {d['block_size']} tokens) "
-                     f"x accumulation {d['grad_accum']}{procs}, {d['steps_per_epoch']} steps "
-                     f"per epoch, {d['total_steps']} steps, lr {d['lr']}")
+        if d.get("task") in ("classify", "preference"):
+            what = "texts" if d["task"] == "classify" else "pairs"
+            self.say(f"plan: {d['batch_size']} {what} per batch (cut at {d['block_size']} "
+                     f"tokens) x accumulation {d['grad_accum']}{procs}, {d['steps_per_epoch']} "
+                     f"steps per epoch, {d['total_steps']} steps, lr {d['lr']}")
         else:
             self.say(f"plan: {per_step} tokens per step (batch {d['batch_size']} x block "
                      f"{d['block_size']} x accumulation {d['grad_accum']}{procs}), "
@@ -76,10 +86,10 @@ class TrainConsole:
                      f"lr {d['lr']}")
         if world > 1:
             self.say(f"distributed: {world} processes, global batch {d['global_batch']} "
-                     f"{'texts' if d.get('task') == 'classify' else 'blocks'} per step "
+                     f"{ROWS.get(d.get('task'), 'blocks')} per step "
                      f"({d['batch_size']} per device x accumulation {d['grad_accum']} x "
                      f"{world})")
-        if d["train_tokens"] < per_step and d.get("task") != "classify":
+        if d["train_tokens"] < per_step and d.get("task") not in ROWS:
             self.say(f"note: the training data ({d['train_tokens']} tokens) is smaller than one "
                      f"step; every step sees all of it")
         if d["start_step"]:
@@ -96,6 +106,8 @@ class TrainConsole:
     def on_log(self, d: dict) -> None:
         self.postfix.update(loss=f"{d['loss']:.4f}", lr=f"{d['lr']:.2e}",
                             tok_s=f"{d['tokens_per_s']:.0f}")
+        if "reward_accuracy" in d:  # --task preference
+            self.postfix["acc"] = f"{d['reward_accuracy']:.2f}"
         if self.bar is not None:
             self.bar.set_postfix(self.postfix, refresh=False)
 
@@ -109,6 +121,10 @@ class TrainConsole:
                      f"{d['macro_precision']:.3f}, recall {d['macro_recall']:.3f})")
             if "only_label" in d:
                 self.say(collapse_note(d))
+            return
+        if "reward_accuracy" in d:  # --task preference
+            self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f}, "
+                     f"{reward_line(d)}")
             return
         self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f} "
                  f"(perplexity {d['val_ppl']:.2f})")

@@ -36,6 +36,9 @@ def cmd_train(cfg: TrainConfig) -> int:
     if result.task == "classify":
         from lmtune.cli.classify import print_train_end
         return print_train_end(result)
+    if result.task == "preference" and result.metrics is not None:
+        from lmtune.cli.console import reward_line
+        print(f"validation at step {result.metrics['step']}: {reward_line(result.metrics)}")
     if result.best_val_loss is not None:
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step}")
     print(f"try it: lmtune generate {result.out} --prompt '...'")
