@@ -144,3 +144,49 @@ def test_a_text_file_is_cut_into_examples_where_split_on_says(store, tiny_gpt2):
     opts = train_options(store, job)
     assert (opts["format"], opts["split_on"]) == ("txt", "\\n\\n")
     build(TrainConfig, opts)
+
+
+def _dpo_pairs(store: Store) -> str:
+    """OpenAI's preference format: each prompt with a preferred and a non-preferred answer."""
+    rows = [{"input": {"messages": [{"role": "user", "content": f"Say yes to {i}"}]},
+             "preferred_output": [{"role": "assistant", "content": "Yes, gladly."}],
+             "non_preferred_output": [{"role": "assistant", "content": "No."}]}
+            for i in range(12)]
+    return _upload(store, "prefs.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_a_dpo_job_trains_preference_pairs_with_its_beta(store, tiny_gpt2):
+    from lmtune.config.defaults import PREFERENCE_LR
+    from lmtune.finetune.objects import job_object
+
+    job = _queued(store, {"model": str(tiny_gpt2), "training_file": _dpo_pairs(store),
+                          "method": {"type": "dpo", "dpo": {"hyperparameters": {
+                              "beta": 0.25, "learning_rate_multiplier": 2}}}})
+    opts = train_options(store, job)
+    assert (opts["task"], opts["loss"], opts["beta"]) == ("preference", "dpo", 0.25)
+    assert opts["lr"] == pytest.approx(2 * PREFERENCE_LR["lora"])
+    cfg = build(TrainConfig, opts)
+    assert (cfg.task, cfg.loss, cfg.beta) == ("preference", "dpo", 0.25)
+    method = job_object(job)["method"]
+    assert method["type"] == "dpo" and method["dpo"]["hyperparameters"]["beta"] == 0.25
+
+
+@pytest.mark.parametrize("method, words", [
+    ({"type": "reinforcement"}, "method.type 'reinforcement'"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}, "hyperparameters.beta"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}, "hyperparameters.beta")])
+def test_bad_methods_are_refused(store, method, words):
+    from lmtune.errors import UserError
+
+    with pytest.raises(UserError, match=words):
+        create_job(store, "local", {"model": "m", "training_file": _dpo_pairs(store),
+                                    "method": method})
+
+
+def test_a_dpo_job_on_a_file_of_texts_fails_naming_the_line(store, tiny_gpt2):
+    job = create_job(store, "local", {"model": str(tiny_gpt2),
+                                      "training_file": _quotes_csv(store),
+                                      "method": {"type": "dpo"}})
+    assert not validate_job(store, job)
+    error = json.loads(store.job(job["id"])["error"])
+    assert error["code"] == "invalid_training_file" and "quotes.csv" in error["message"]

@@ -301,6 +301,35 @@ def test_each_key_sees_only_its_own_files_jobs_and_models(tiny_gpt2, home, tmp_p
                           max_retries=0).files.list()
 
 
+def test_a_dpo_job_through_the_openai_client(tiny_gpt2, home, tmp_path):
+    """OpenAI's method {"type": "dpo"} on OpenAI's preference format: the job trains
+    lmtune's --task preference --loss dpo, reports its beta, and logs reward metrics."""
+    from lmtune.config import read_saved
+
+    rows = [{"input": {"messages": [{"role": "user", "content": q}]},
+             "preferred_output": [{"role": "assistant", "content": a}],
+             "non_preferred_output": [{"role": "assistant", "content": "I don't know."}]}
+            for q, a in QA] * 4
+    data = _chat_file(tmp_path / "prefs.jsonl", rows)
+    with running_server([tiny_gpt2], workers=1) as (url, _):
+        client = _client(url)
+        uploaded = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model=str(tiny_gpt2), training_file=uploaded.id,
+            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}})
+        job = _wait(client, job.id)
+        assert job.status == "succeeded", job.error
+        assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+        run = home / "service" / "runs" / job.id
+        saved = read_saved(run / "config.yaml")
+        assert (saved.task, saved.loss, saved.beta) == ("preference", "dpo", 0.2)
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert any("reward_accuracy" in r for r in logged)
+        answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                                messages=[{"role": "user", "content": QA[0][0]}])
+        assert answer.choices[0].message.content is not None
+
+
 def test_a_loaded_fine_tuned_model_stays_its_keys_alone(tiny_gpt2, home, tmp_path):
     """Once key A's model is loaded into the engine it sits beside the server's own models;
     key B must still not see it, use it or download it."""

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from lmtune.config import DEFAULT_LR, TrainConfig, check_block_size, field_types, flag
+from lmtune.config.defaults import PREFERENCE_LR
 from lmtune.data.readers import resolve_format
 from lmtune.errors import UserError
 from lmtune.finetune.store import Store, new_id
@@ -52,21 +53,36 @@ class JobError(Exception):
         self.error = {"code": code, "message": message, "param": param}
 
 
-def hyperparameters(request: dict) -> dict:
+# OpenAI's methods: supervised (learn the texts) and dpo (prefer one answer over another,
+# lmtune's --task preference --loss dpo); each with its own hyperparameters.
+METHOD_TYPES = ("supervised", "dpo")
+MAX_BETA = 2.0  # OpenAI's range for dpo's beta: above 0, at most 2
+
+
+def method_type(request: dict) -> str:
     method = request.get("method") or {}
-    if method and method.get("type", "supervised") != "supervised":
-        raise UserError(f"method.type {method.get('type')!r} is not supported here yet",
-                        hint="use method.type 'supervised'")
-    given = ((method.get("supervised") or {}).get("hyperparameters")
+    kind = method.get("type", "supervised") if method else "supervised"
+    if kind not in METHOD_TYPES:
+        raise UserError(f"method.type {kind!r} is not one this server trains",
+                        hint=f"use one of: {', '.join(METHOD_TYPES)}")
+    return kind
+
+
+def hyperparameters(request: dict) -> dict:
+    kind = method_type(request)
+    method = request.get("method") or {}
+    given = ((method.get(kind) or {}).get("hyperparameters")
              or request.get("hyperparameters") or {})
     checks = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
               "learning_rate_multiplier": ((int, float), 1e-3, 100.0)}
+    if kind == "dpo":
+        checks["beta"] = ((int, float), 1e-6, MAX_BETA)
     out = {}
-    for name, (kind, lo, hi) in checks.items():
+    for name, (kind_of, lo, hi) in checks.items():
         value = given.get(name, "auto")
         if value is None:
             value = "auto"
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, kind)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, kind_of)
                                 or not lo <= value <= hi):
             raise UserError(f"hyperparameters.{name} must be 'auto' or a number from {lo} "
                             f"to {hi}, got {value!r}")
@@ -98,7 +114,8 @@ def create_job(store: Store, owner: str, request: dict,
         raise UserError(f"seed must be an integer, got {seed!r}")
     job_id = new_id("ftjob")
     settings = {**hyper, "seed": seed if seed is not None else secrets.randbelow(2**31),
-                "lmtune": lmtune_options(store, owner, request)}
+                "lmtune": lmtune_options(store, owner, request),
+                "method_type": method_type(request)}
     if served and request["model"] in served:
         settings["model_path"] = served[request["model"]]
     return store.add_job({
@@ -200,9 +217,11 @@ def job_options(settings: dict) -> dict:
 
 
 def learning_rate(settings: dict) -> float:
-    """lmtune.lr when the request gave one, else the method's default x the multiplier."""
+    """lmtune.lr when the request gave one, else the method's default x the multiplier
+    (preference tuning has lower defaults of its own)."""
     options = job_options(settings)
-    return options["lr"] or (DEFAULT_LR[options["method"]]
+    defaults = PREFERENCE_LR if settings.get("method_type") == "dpo" else DEFAULT_LR
+    return options["lr"] or (defaults[options["method"]]
                              * float(settings["learning_rate_multiplier"]))
 
 
@@ -247,6 +266,13 @@ def _check_files(store: Store, job: dict, request: dict, options: dict) -> tuple
     problems = check_block_size(options["block_size"], context)
     if problems:
         raise JobError("invalid_lmtune_option", _named(problems[0]), "lmtune.block_size")
+    if json.loads(job["settings"]).get("method_type") == "dpo":
+        n, tokens = _check_pairs(store, job, request["training_file"], "training_file",
+                                 tokenizer, options)
+        if request.get("validation_file"):
+            _check_pairs(store, job, request["validation_file"], "validation_file", tokenizer,
+                         options, minimum=1)
+        return n, tokens
     n, tokens = _check_file(store, job, request["training_file"], "training_file", tokenizer,
                             context, options)
     if request.get("validation_file"):
@@ -287,6 +313,28 @@ def _check_file(store, job, file_id: str, param: str, tokenizer, context: int, o
     return len(examples), int(lengths.sum())
 
 
+def _check_pairs(store, job, file_id: str, param: str, tokenizer, options: dict,
+                 minimum: int = MIN_EXAMPLES) -> tuple[int, int]:
+    """A dpo job's file read as `lmtune train --task preference` will read it: OpenAI's
+    preference format ({"input", "preferred_output", "non_preferred_output"}) or TRL's."""
+    from lmtune.tasks.preference.data import read_pairs, tokenize_pairs
+
+    row = store.file(file_id, job["owner"])
+    if row is None:
+        raise JobError("invalid_file", f"{param} {file_id} was deleted", param)
+    try:
+        pairs = read_pairs(row["path"], fmt=options["format"],
+                           prompt_template=options["prompt_template"])
+        chosen, rejected = tokenize_pairs(pairs, tokenizer)
+    except UserError as e:
+        message = _named(e.message.replace(str(row["path"]), row["filename"]))
+        raise JobError(f"invalid_{param}", message, param) from None
+    if len(pairs) < minimum:
+        raise JobError(f"invalid_{param}", f"{row['filename']} has {len(pairs)} preference "
+                                           f"pairs; at least {minimum} are needed", param)
+    return len(pairs), int(chosen.lengths.sum() + rejected.lengths.sum())
+
+
 def _named(message: str) -> str:
     """lmtune's messages name its command-line flags; a job's name its "lmtune" fields."""
     for name in LMTUNE_FIELDS:
@@ -315,6 +363,10 @@ def train_options(store: Store, job: dict) -> dict:
             "save_minutes": 0.0}
     if settings["batch_size"] != "auto":
         opts["batch_size"] = int(settings["batch_size"])
+    if settings.get("method_type") == "dpo":
+        opts.update(task="preference", loss="dpo")
+        if settings.get("beta", "auto") != "auto":
+            opts["beta"] = float(settings["beta"])
     if request.get("validation_file"):
         opts["val_data"] = store.file(request["validation_file"], job["owner"])["path"]
     checkpoints = Path(job["run_dir"]) / "checkpoints"

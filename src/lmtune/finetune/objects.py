@@ -22,6 +22,8 @@ def file_object(row: dict) -> dict:
 def job_object(row: dict) -> dict:
     request, settings = json.loads(row["request"]), json.loads(row["settings"])
     hyper = {k: settings[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    kind = settings.get("method_type", "supervised")
+    method_hyper = {**hyper, "beta": settings.get("beta", "auto")} if kind == "dpo" else hyper
     return {
         "id": row["id"], "object": "fine_tuning.job", "created_at": row["created_at"],
         "model": request["model"], "training_file": request["training_file"],
@@ -29,7 +31,7 @@ def job_object(row: dict) -> dict:
         "error": json.loads(row["error"]) if row["error"] else None,
         "fine_tuned_model": row["fine_tuned_model"], "finished_at": row["finished_at"],
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": {"type": kind, kind: {"hyperparameters": method_hyper}},
         "organization_id": ORGANIZATION, "result_files": json.loads(row["result_files"]),
         "seed": settings["seed"], "trained_tokens": row["trained_tokens"],
         "estimated_finish": row["estimated_finish"] if row["status"] == "running" else None,
