@@ -23,7 +23,7 @@ LAYERS = [
     ["finetune"],
     ["training"],
     ["analysis", "deploy"],
-    ["tasks"],
+    ["tasks", "vocab"],
     ["models"],
     ["run", "data", "fast"],
     ["config", "device", "cpu", "distributed", "trust", "home", "atomic", "errors", "version",

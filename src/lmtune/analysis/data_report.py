@@ -151,7 +151,8 @@ def _warnings(r: DataReport, records: list[dict] | None, opts) -> list[str]:
         out.append(f"{r.tokens_per_character:.2f} tokens per character: this tokenizer was not "
                    f"made for this text (English BPE needs about 0.25), so it costs several "
                    f"times more compute and context; a model whose tokenizer knows the "
-                   f"language trains faster")
+                   f"language trains faster, or teach this one its pieces: lmtune tokenizer "
+                   f"extend --corpus FILE --add 20000 --out DIR")
     if r.dropped_empty or r.dropped_missing:
         out.append(f"{r.dropped_empty + r.dropped_missing} of {r.records} records were skipped "
                    f"({r.dropped_empty} with an empty text, {r.dropped_missing} missing a "

@@ -12,7 +12,8 @@ from typing import Any
 from lmtune import config as config_mod
 from lmtune.config import (CompareConfig, DemoConfig, DiffConfig, EvalConfig, ExportConfig,
                            GenerateConfig, InspectConfig, MergeConfig, PredictConfig, PrepareConfig,
-                           ReportConfig, ServeConfig, TrainConfig,
+                           ReportConfig, ServeConfig, TokenizerExtendConfig,
+                           TokenizerStatsConfig, TrainConfig,
                            WorkerConfig, JobsOptions, JobsCreateConfig, JobConfig)
 
 
@@ -108,6 +109,13 @@ COMMANDS: list[tuple[str, type, str, str]] = [
     ("data inspect", InspectConfig, "What a data file becomes for a model: counts, "
                                                "lengths, padding waste, duplicates, warnings.",
      "lmtune.cli.data:cmd_inspect"),
+    ("tokenizer stats", TokenizerStatsConfig, "Characters per token and byte-fallback share "
+                                              "of one or several tokenizers on a data file.",
+     "lmtune.cli.tokenizer:cmd_stats"),
+    ("tokenizer extend", TokenizerExtendConfig, "Add a corpus's new pieces to a model's "
+                                                "tokenizer (other text tokenizes as before) "
+                                                "and grow its embedding to match.",
+     "lmtune.cli.tokenizer:cmd_extend"),
 ]
 
 

@@ -13,6 +13,7 @@ from lmtune.config.commands import (CompareConfig, DemoConfig, DiffConfig, EvalC
                                     ExportConfig, GenerateConfig, InspectConfig, MergeConfig,
                                     PredictConfig,
                                     PrepareConfig, ReportConfig, ServeConfig,
+                                    TokenizerExtendConfig, TokenizerStatsConfig,
                                     WorkerConfig, JobsOptions, JobsCreateConfig, JobConfig,
                                     SERVER_URL)
 from lmtune.config.defaults import (CLASS_WEIGHTS, DEFAULT_LR, DEFAULT_MODEL, DEVICES, METHODS,
@@ -26,7 +27,8 @@ from lmtune.config.train import (ONE_SHOT_ACTIONS, RESOLVED_AT_START, DataOption
 __all__ = [
     "CompareConfig", "DemoConfig", "DiffConfig", "EvalConfig", "ExportConfig", "GenerateConfig",
     "InspectConfig", "MergeConfig", "PredictConfig", "PrepareConfig", "ReportConfig",
-    "ServeConfig", "WorkerConfig", "JobsOptions", "JobsCreateConfig", "JobConfig",
+    "ServeConfig", "TokenizerExtendConfig", "TokenizerStatsConfig", "WorkerConfig",
+    "JobsOptions", "JobsCreateConfig", "JobConfig",
     "SERVER_URL", "DataOptions", "TrainConfig", "CLASS_WEIGHTS", "DEFAULT_LR",
     "DEFAULT_MODEL", "DEVICES", "METHODS", "PRECISIONS", "SCHEDULES", "TASKS",
     "ALLOW_PICKLE_HELP", "TRUST_REMOTE_CODE_HELP", "build", "coerce", "field_types", "flag",

@@ -311,3 +311,30 @@ class InspectConfig(DataOptions):
                                  group="data")
     json: bool = opt(False, "Print one JSON object instead of the report.", group="output")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
+
+
+@dataclass
+class TokenizerStatsConfig(DataOptions):
+    data: str = opt("", "Text to measure the tokenizers on (same formats and data flags as "
+                    "train).", group="data")
+    models: list[str] = opt([], repeat=True, alias="--model", group="model",
+                            help=f"Model or run folder whose tokenizer to measure; repeatable, "
+                                 f"for several side by side (default: '{DEFAULT_MODEL}').")
+    json: bool = opt(False, "Print one JSON object per tokenizer instead of the table.",
+                     group="output")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
+
+
+@dataclass
+class TokenizerExtendConfig:
+    model: str | None = opt(None, f"Model whose tokenizer and embedding to extend (default: "
+                            f"'{DEFAULT_MODEL}'); a LoRA run must be merged first.")
+    corpus: str = opt("", "Text in the new language (.txt, learned line by line, or .csv, "
+                      ".json, .jsonl, .parquet with --column).")
+    column: str | None = opt(None, "Column or field of --corpus that holds the text.")
+    encoding: str = opt("utf-8", "Text encoding of --corpus.")
+    add: int = opt(20000, "Most new pieces to add (each a new token and embedding row).")
+    out: str = opt("", "Folder for the extended model; it must be new or empty.")
+    json: bool = opt(False, "Print one JSON object instead of the summary.")
+    trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP)
+    allow_pickle: bool = opt(False, ALLOW_PICKLE_HELP)

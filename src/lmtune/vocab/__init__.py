@@ -1,0 +1,9 @@
+"""A model's tokenizer measured and extended for a new language.
+
+  stats.py    `lmtune tokenizer stats`: characters per token and byte-fallback share, side by side
+  bpe.py      a BPE tokenizer.json with a corpus's new pieces added (no torch)
+  extend.py   `lmtune tokenizer extend`: that tokenizer, the embedding grown to match, one folder
+
+It sits beside tasks/, above models/ (it loads models and tokenizers) and below training/
+(which can call it for `train --extend-tokenizer`).
+"""

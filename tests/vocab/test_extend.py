@@ -1,0 +1,174 @@
+"""`lmtune tokenizer extend` on tiny models: other text tokenizes as before, new rows start at
+the mean of their constituents, and the folder loads, trains and exports like any other."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmtune
+from lmtune.cli.main import main
+from lmtune.errors import UserError
+from lmtune.vocab.extend import extend_model
+
+ROOT = Path(__file__).resolve().parents[2]
+# A realistic English sample: the project's own README, prose, code and punctuation.
+ENGLISH = (ROOT / "README.md").read_text(encoding="utf-8")[:20000]
+CJK = "".join(chr(0x4E00 + 37 * k) for k in range(0, 60, 3))  # from the corpus's characters
+MIXED = f"The cat sat 在公园里 on the mat 🙂, and 中文 text with é, ü and 日本語 too.\n {CJK} end"
+
+
+def chinese_corpus(path: Path, lines: int = 400) -> Path:
+    """Lines of 'words' made of 60 CJK characters (U+4E00...), built here, with some ASCII."""
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + 37 * k) for k in range(60)]
+    words = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 3))) for _ in range(150)]
+    text = "\n".join("".join(rng.choice(words) for _ in range(rng.randint(5, 20)))
+                     + rng.choice(["。", "，好的", " ok 2024"]) for _ in range(lines))
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return chinese_corpus(tmp_path_factory.mktemp("zh") / "zh.txt")
+
+
+@pytest.fixture(scope="module")
+def tiny_spm_llama(tmp_path_factory) -> Path:
+    from tiny_models import llama_folder, sentencepiece_tokenizer
+    return llama_folder(tmp_path_factory.mktemp("spm"), sentencepiece_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def extended(request, corpus, tmp_path_factory):
+    """name -> (base folder, extended folder, result) for each kind of tiny model."""
+    out = {}
+    for name in ("tiny_gpt2", "tiny_llama", "tiny_spm_llama"):
+        base = request.getfixturevalue(name)
+        target = tmp_path_factory.mktemp("ext") / name
+        out[name] = (base, target, extend_model(str(base), str(corpus), 200, str(target)))
+    return out
+
+
+KINDS = ["tiny_gpt2", "tiny_llama", "tiny_spm_llama"]
+
+
+def _tokenizers(extended, name):
+    from transformers import AutoTokenizer
+    base, ext, _ = extended[name]
+    return AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(ext)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_english_ids_are_unchanged_and_chinese_takes_fewer_tokens(extended, corpus, name):
+    base, ext = _tokenizers(extended, name)
+    result = extended[name][2]
+    assert result.added == 200 and len(ext) == len(base) + 200
+    assert ext(ENGLISH)["input_ids"] == base(ENGLISH)["input_ids"]
+    zh = corpus.read_text(encoding="utf-8")[:5000]
+    assert len(ext(zh)["input_ids"]) < 0.6 * len(base(zh)["input_ids"])
+    assert result.chars_per_token_after > 1.5 * result.chars_per_token_before
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_every_base_token_splits_as_before(extended, name):
+    base, ext = _tokenizers(extended, name)
+    old, new = base.backend_tokenizer.model, ext.backend_tokenizer.model
+    for token in base.get_vocab():
+        assert [t.id for t in new.tokenize(token)] == [t.id for t in old.tokenize(token)], token
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_mixed_text_round_trips(extended, name):
+    _, ext = _tokenizers(extended, name)
+    ids = ext(MIXED, add_special_tokens=False)["input_ids"]
+    assert ext.decode(ids) == MIXED
+    assert max(ids) >= extended[name][2].base_vocab  # new pieces are used
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_new_rows_are_the_mean_of_their_constituents(extended, name):
+    from transformers import AutoModelForCausalLM
+    base_dir, ext_dir, result = extended[name]
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    ext = AutoModelForCausalLM.from_pretrained(ext_dir)
+    base_tok, ext_tok = _tokenizers(extended, name)
+    spec = json.loads(ext_tok.backend_tokenizer.to_str())
+    by_id = {i: t for t, i in spec["model"]["vocab"].items()}
+    old_model = base_tok.backend_tokenizer.model
+    tied = result.tied_head
+    assert tied == (name == "tiny_gpt2")
+    layers = [("input", lambda m: m.get_input_embeddings())]
+    if not tied:
+        layers.append(("head", lambda m: m.get_output_embeddings()))
+    n = len(base_tok)
+    for _, get in layers:
+        old, new = get(base).weight, get(ext).weight
+        assert new.shape[0] == n + 200
+        torch.testing.assert_close(new[:n], old[:n], rtol=0, atol=0)
+        for i in range(n, n + 200):
+            parts = [t.id for t in old_model.tokenize(by_id[i])]
+            assert len(parts) >= 2 and max(parts) < n
+            torch.testing.assert_close(new[i], old[parts].mean(0), rtol=0, atol=1e-6)
+    out_w, in_w = ext.get_output_embeddings().weight, ext.get_input_embeddings().weight
+    assert (out_w.data_ptr() == in_w.data_ptr()) == tied
+    assert ext.config.vocab_size == n + 200
+
+
+def test_the_folder_loads_trains_and_exports(extended, corpus, tmp_path, fast):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    _, ext, _ = extended["tiny_gpt2"]
+    model = AutoModelForCausalLM.from_pretrained(ext)
+    tok = AutoTokenizer.from_pretrained(ext)
+    with torch.no_grad():
+        ids = torch.tensor([tok(MIXED)["input_ids"]])
+        assert model(ids).logits.shape[-1] == len(tok)
+    run = lmtune.train(corpus, model=str(ext), out=str(tmp_path / "run"), method="full",
+                       max_steps=3, sample_every=0, report=False, **fast)
+    assert run.steps == 3 and run.final.is_dir()
+    try:
+        got = lmtune.export(ext, tmp_path / "m.gguf", type="f32")
+    except UserError as e:  # refused: then with the reason
+        assert "tokenizer" in e.message, e.message
+    else:
+        assert got.out.is_file()
+
+
+def test_the_cli_writes_the_folder_or_refuses_in_one_line(tiny_gpt2, corpus, tmp_path, capsys):
+    out = tmp_path / "ext"
+    assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(corpus),
+                 "--add", "50", "--out", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["added"] == 50 and (out / "model.safetensors").is_file()
+    assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(corpus),
+                 "--add", "50", "--out", str(out)]) != 0  # not empty: refused, kept
+    err = capsys.readouterr().err
+    assert "already exists" in err and (out / "model.safetensors").is_file()
+    english = tmp_path / "en.txt"
+    english.write_text(ENGLISH, encoding="utf-8")
+    assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(english),
+                 "--add", "50", "--out", str(tmp_path / "none")]) != 0
+    err = capsys.readouterr().err
+    assert "error:" in err and "hint:" in err and not (tmp_path / "none").exists()
+
+
+def test_a_wordpiece_tokenizer_is_refused_with_the_reason(tmp_path, corpus):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from tiny_models import save_folder
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = {"[UNK]": 0, "[SEP]": 1, "the": 2, "cat": 3}
+    wp = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", eos_token="[SEP]")
+    folder = save_folder(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1,
+                                                    vocab_size=4)), tok, tmp_path / "wp")
+    with pytest.raises(UserError, match="WordPiece"):
+        extend_model(str(folder), str(corpus), 10, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
