@@ -15,6 +15,7 @@ from lmtune.cli.main import main
 from lmtune.errors import UserError
 from lmtune.vocab.extend import extend_model
 
+KINDS = ["tiny_gpt2", "tiny_llama", "tiny_llama3", "tiny_spm_llama"]
 ROOT = Path(__file__).resolve().parents[2]
 # A realistic English sample: the project's own README, prose, code and punctuation.
 ENGLISH = (ROOT / "README.md").read_text(encoding="utf-8")[:20000]
@@ -45,17 +46,22 @@ def tiny_spm_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_llama3(tmp_path_factory) -> Path:  # Llama 3's regex split and ignore_merges
+    from tiny_models import llama3_tokenizer, llama_folder
+    return llama_folder(tmp_path_factory.mktemp("llama3"), llama3_tokenizer())
+
+
+@pytest.fixture(scope="module")
 def extended(request, corpus, tmp_path_factory):
     """name -> (base folder, extended folder, result) for each kind of tiny model."""
     out = {}
-    for name in ("tiny_gpt2", "tiny_llama", "tiny_spm_llama"):
+    for name in KINDS:
         base = request.getfixturevalue(name)
         target = tmp_path_factory.mktemp("ext") / name
         out[name] = (base, target, extend_model(str(base), str(corpus), 200, str(target)))
     return out
 
 
-KINDS = ["tiny_gpt2", "tiny_llama", "tiny_spm_llama"]
 
 
 def _tokenizers(extended, name):
@@ -172,3 +178,16 @@ def test_a_wordpiece_tokenizer_is_refused_with_the_reason(tmp_path, corpus):
     with pytest.raises(UserError, match="WordPiece"):
         extend_model(str(folder), str(corpus), 10, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama3", "tiny_spm_llama"])
+def test_llama_cpp_tokenizes_the_exported_file_as_transformers_does(extended, corpus, name,
+                                                                    tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")  # a test dependency, built once by .ci/run
+    _, ext, _ = extended[name]
+    path = lmtune.export(ext, tmp_path / "m.gguf", type="f32").out
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    text = corpus.read_text(encoding="utf-8")[:2000] + MIXED
+    _, tok = _tokenizers(extended, name)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
+        tok(text, add_special_tokens=False)["input_ids"]
