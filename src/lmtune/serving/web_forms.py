@@ -28,9 +28,9 @@ from lmtune.errors import UserError
 from lmtune.serving.state import ApiError, ServerState
 
 # The New-job form's fields, in its order: each shown with TrainConfig's default and help.
-FORM_FIELDS = ("model", "method", "epochs", "lr", "batch_size", "val_split", "template",
-               "prompt_template", "completion_template", "column", "format", "split_on",
-               "block_size", "seed")
+FORM_FIELDS = ("model", "method", "epochs", "lr", "batch_size", "val_split", "beta",
+               "template", "prompt_template", "completion_template", "column", "format",
+               "split_on", "block_size", "seed")
 DATA_FIELDS = ("format", "column", "template", "prompt_template", "completion_template",
                "split_on")
 PREVIEW_EXAMPLES = 8
@@ -200,12 +200,17 @@ def _train_args(row: dict, body: dict) -> list[str]:
     args = [row["path"], "--dry-run", "--json"]
     options = _data_options(row, body)
     flags = {"model": _text_option(body, "model") or DEFAULT_MODEL, **options}
-    for name in ("method", "epochs", "lr", "batch_size", "val_split", "block_size", "seed"):
+    for name in ("method", "epochs", "lr", "batch_size", "val_split", "block_size", "seed",
+                 "beta"):
         value = body.get(name)
         if value not in (None, ""):
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ApiError(400, f"{name} must be a number or a string", param=name)
             flags[name] = value
+    if body.get("kind") == "dpo":  # OpenAI's method type, as a job trains it
+        flags.update(task="preference", loss="dpo")
+    else:
+        flags.pop("beta", None)
     for name, value in flags.items():
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]

@@ -23,7 +23,7 @@ function number(value) {
   return value === '' || Number.isNaN(x) ? value : x;
 }
 
-export function jobRequest(values, fileId, validationId, suffix) {
+export function jobRequest(values, fileId, validationId, suffix, kind = 'supervised') {
   const body = {model: values.model, training_file: fileId, lmtune: {}};
   if (validationId) body.validation_file = validationId;
   if (suffix) body.suffix = suffix;
@@ -31,7 +31,8 @@ export function jobRequest(values, fileId, validationId, suffix) {
   const hyper = {};
   if (values.epochs !== '') hyper.n_epochs = Math.max(1, Math.round(Number(values.epochs)));
   if (values.batch_size !== '') hyper.batch_size = Number(values.batch_size);
-  body.method = {type: 'supervised', supervised: {hyperparameters: hyper}};
+  if (kind === 'dpo' && values.beta !== '') hyper.beta = Number(values.beta);
+  body.method = {type: kind, [kind]: {hyperparameters: hyper}};
   for (const name of ['method', 'lr', 'val_split', 'block_size', ...DATA_OPTIONS]) {
     if (values[name] !== '' && values[name] !== undefined) body.lmtune[name] = number(values[name]);
   }
@@ -52,6 +53,10 @@ export async function showNewJob(main, params) {
   const validSelect = h('select', {name: 'validation_file'}, h('option', {value: ''}, 'none: hold out a split of the training data'),
     files.data.map((f) => h('option', {value: f.id}, `${f.filename} (${f.id})`)));
   const suffix = h('input', {name: 'suffix', maxlength: 64, placeholder: 'e.g. quotes'});
+  const kind = h('select', {name: 'kind'},
+    h('option', {value: 'supervised'}, 'supervised: learn the texts'),
+    h('option', {value: 'dpo'}, 'dpo: prefer the chosen answers'));
+  kind.value = params.get('kind') || 'supervised';
   const inputs = {};
   const fields = config.fields.map((f) => {
     const fallback = f.name === 'model' ? config.served[0] : undefined;
@@ -65,6 +70,7 @@ export async function showNewJob(main, params) {
     h('datalist', {id: 'new-models'}, config.served.map((m) => h('option', {value: m}))),
     h('div', {class: 'grid2'},
       h('div', {}, field('Training file', fileSelect), field('Validation file', validSelect),
+        field('What to learn', kind, 'dpo takes pairs: OpenAI\'s {"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}; Beta applies to it alone.'),
         field('Name suffix', suffix, 'Part of the fine-tuned model\'s name: ft:MODEL:SUFFIX:ID.'),
         h('p', {}, h('a', {href: `#/data?file=${encodeURIComponent(chosen)}`}, 'See this file as training will see it'))),
       h('div', {class: 'grid2'}, fields)),
@@ -76,7 +82,7 @@ export async function showNewJob(main, params) {
     clear(estimateOut, h('p', {class: 'muted'}, 'Timing a few real training steps (a dry run; nothing is written)…'));
     try {
       const v = values();
-      const body = {training_file: fileSelect.value};
+      const body = {training_file: fileSelect.value, kind: kind.value};
       for (const [k, x] of Object.entries(v)) if (x !== '') body[k] = x;
       const r = await post('/lmtune/estimate', body);
       clear(estimateOut, h('p', {class: 'estimate'},
@@ -88,7 +94,7 @@ export async function showNewJob(main, params) {
     e.preventDefault();
     clear(startOut, h('p', {class: 'muted'}, 'Starting…'));
     try {
-      const job = await post('/v1/fine_tuning/jobs', jobRequest(values(), fileSelect.value, validSelect.value, suffix.value.trim()));
+      const job = await post('/v1/fine_tuning/jobs', jobRequest(values(), fileSelect.value, validSelect.value, suffix.value.trim(), kind.value));
       location.hash = `#/run/${encodeURIComponent(job.id)}`;
     } catch (err) { clear(startOut, errorBox(err)); }
   });
