@@ -356,6 +356,16 @@ def test_a_short_dpo_run_learns_the_preferred_style(tiny_gpt2, tmp_path):
     assert (info["task"], info["loss"], info["beta"]) == ("preference", "dpo", 0.1)
     samples = _records(run.out / "samples.jsonl")
     assert {s["prompt"] for s in samples} <= {r["prompt"] for r in toy_rows(20, seed=1)}
+    # `lmtune eval` measures the run as its training did, and the base beside it.
+    tuned = lmtune.evaluate_model(str(run.out), str(held_out), device="cpu")
+    assert tuned["reward_accuracy"] == evals[-1]["reward_accuracy"]
+    assert abs(tuned["loss"] - evals[-1]["val_loss"]) < 1e-4
+    assert tuned["reference"] == str(tiny_gpt2) and tuned["pairs"] == 20
+    base = lmtune.evaluate_model(str(tiny_gpt2), str(held_out), device="cpu")
+    assert "reward_accuracy" not in base and base["pairs"] == 20
+    assert tuned["preference_accuracy"] > base["preference_accuracy"]
+    assert tuned["logp_chosen"] - tuned["logp_rejected"] > base["logp_chosen"] - base[
+        "logp_rejected"]
 
 
 def test_the_command_line_and_the_report_show_the_rewards(tiny_gpt2, prefs, tmp_path, capsys):
@@ -373,3 +383,11 @@ def test_the_command_line_and_the_report_show_the_rewards(tiny_gpt2, prefs, tmp_
     # before and after on the held-out prompts that the samples answered
     asked = {s["prompt"] for s in _records(tmp_path / "run" / "samples.jsonl")}
     assert "fine-tuned" in html and all(p in html for p in asked)
+
+
+def test_eval_reports_the_preference_accuracy_of_any_model(tiny_gpt2, prefs, capsys):
+    code, out, err = run_cli(capsys, ["eval", tiny_gpt2, "--data", prefs, "--device", "cpu"])
+    assert code == 0, err
+    assert f"data:  {prefs} (24 pairs)" in out and "preference accuracy " in out
+    code, out, err = run_cli(capsys, ["eval", tiny_gpt2, "--data", prefs, "--column", "x"])
+    assert_clean_error(code, out, err, "--column: not for preference pairs")

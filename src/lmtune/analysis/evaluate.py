@@ -5,7 +5,9 @@ blocks with no attention across documents), so evaluating a run on its validatio
 the validation loss that training logged. A run's own template, block size and batch size
 are the defaults, so `lmtune eval RUN --data val.json` needs no other flag.
 
-A run trained with `--task classify` is evaluated by tasks/classify/evaluate.py instead.
+A run trained with `--task classify` is evaluated by tasks/classify/evaluate.py instead, and
+preference pairs (any model's preference for their chosen answers) by
+tasks/preference/evaluate.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from lmtune.models.load import context_length, load_tokenizer, peek_config
 from lmtune.models.resolve import resolve
 from lmtune.run.folder import RunFolder
 from lmtune.tasks.generate import mean_loss, perplexity
+from lmtune.tasks.preference.data import holds_pairs
+from lmtune.tasks.preference.evaluate import evaluate_preferences
 
 TEXT_OPTIONS = ("column", "template", "prompt_template", "completion_template")
 
@@ -61,6 +65,8 @@ def with_run_data_options(opts, spec: str | None):
     if spec is None or any(getattr(opts, name) for name in TEXT_OPTIONS):
         return opts
     saved = run_config(spec)
+    if saved is not None and saved.task == "preference":  # its data options read pairs
+        return opts
     same_kind = saved is not None and Path(saved.data).suffix == Path(str(opts.data)).suffix
     if same_kind and saved.data:
         names = TEXT_OPTIONS + ("format", "split_on")
@@ -146,6 +152,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult | dict:
     resolved = resolve(spec)
     if (resolved.info or {}).get("task") == "classify":
         return _classifier_eval(cfg)
+    if cfg.chosen_column or cfg.rejected_column or holds_pairs(cfg.data, cfg.format,
+                                                               cfg.encoding):
+        return _preference_eval(cfg)
     given = [f"--{n.replace('_', '-')}" for n in ("plot", "text_column", "label_column")
              if getattr(cfg, n)]
     if given:
@@ -163,6 +172,21 @@ def _classifier_eval(cfg: EvalConfig) -> dict:
                                batch_size=cfg.batch_size or 32, device=cfg.device,
                                trust_remote_code=cfg.trust_remote_code,
                                allow_pickle=cfg.allow_pickle)
+
+
+def _preference_eval(cfg: EvalConfig) -> dict:
+    given = [f"--{n.replace('_', '-')}" for n in ("plot", "text_column", "label_column",
+                                                  "column", "template", "completion_template",
+                                                  "split_on") if getattr(cfg, n)]
+    if given:
+        raise UserError(f"{', '.join(given)}: not for preference pairs, which take "
+                        f"--prompt-template, --chosen-column and --rejected-column")
+    return evaluate_preferences(
+        cfg.model or DEFAULT_MODEL, cfg.data, prompt_template=cfg.prompt_template,
+        chosen_column=cfg.chosen_column, rejected_column=cfg.rejected_column,
+        format=cfg.format, encoding=cfg.encoding, block_size=cfg.block_size,
+        batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision,
+        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
 
 
 def evaluate_lm(cfg: EvalConfig) -> EvalResult:

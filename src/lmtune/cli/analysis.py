@@ -17,6 +17,12 @@ def cmd_eval(cfg: EvalConfig) -> int:
     from lmtune.analysis.evaluate import evaluate
 
     result = evaluate(cfg)
+    if isinstance(result, dict) and result.get("task") == "preference":
+        if cfg.json:
+            _print_json(result)
+        else:
+            _print_preference_eval(result)
+        return 0
     if isinstance(result, dict):  # a classification run
         if cfg.plot:
             from lmtune.tasks.classify.evaluate import plot_confusion
@@ -36,6 +42,20 @@ def cmd_eval(cfg: EvalConfig) -> int:
           f"loss, blocks of {result.block_size})")
     print(f"loss {result.loss:.4f}   perplexity {result.perplexity:.3f}")
     return 0
+
+
+def _print_preference_eval(r: dict) -> None:
+    from lmtune.cli.console import reward_line
+
+    print(f"model: {r['model']}")
+    print(f"data:  {r['data']} ({r['pairs']} pairs)")
+    print(f"preference accuracy {r['preference_accuracy']:.4f} (the share of pairs whose "
+          f"chosen answer the model finds more likely; mean log-probability chosen "
+          f"{r['logp_chosen']:.3f}, rejected {r['logp_rejected']:.3f})")
+    if "reward_accuracy" in r:
+        against = f", against the base {r['reference']}" if r.get("reference") else ""
+        print(f"as trained, {r['loss_type']} (beta {r['beta']:g}{against}): loss "
+              f"{r['loss']:.4f}, {reward_line(r)}")
 
 
 def _print_classifier_eval(r: dict) -> None:

@@ -234,6 +234,12 @@ class EvalConfig(DataOptions):
                                   "text (default: the run's own).", group="data")
     label_column: str | None = opt(None, "With a classification run: the column that holds "
                                    "the label (default: the run's own).", group="data")
+    chosen_column: str | None = opt(None, "With preference pairs: the column that holds the "
+                                    "preferred answer (default: the run's own, else chosen).",
+                                    group="data")
+    rejected_column: str | None = opt(None, "With preference pairs: the column that holds the "
+                                      "other answer (default: the run's own, else rejected).",
+                                      group="data")
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
     threads: int | None = opt(None, THREADS_HELP, group="evaluation")
     precision: str = opt("auto", "Numeric precision (auto: as training picks it).",

@@ -28,7 +28,7 @@ import torch
 from lmtune.data.chat import Turn, message_turns
 from lmtune.data.examples import Example, record_texts
 from lmtune.data.packing import no_targets
-from lmtune.data.readers import read_records
+from lmtune.data.readers import check_data_path, read_records, resolve_format
 from lmtune.data.tokenize import TokenizedDocs, tokenize_examples
 from lmtune.errors import UserError
 from lmtune.tasks.classify.data import length_grouped, pad_rows
@@ -68,6 +68,15 @@ def read_pairs(path: str, *, fmt: str | None = None, encoding: str = "utf-8",
                         f"{'messages' if chat[0] else 'strings'}",
                         hint="write every pair the same way: strings, or lists of messages")
     return pairs
+
+
+def holds_pairs(path: str, fmt: str | None = None, encoding: str = "utf-8") -> bool:
+    """Whether a data file is written as preference pairs (TRL's or OpenAI's field names)."""
+    p = check_data_path(path)
+    if p.is_dir() or resolve_format(p, fmt) == "txt":
+        return False
+    fields = {key for record in read_records(p, fmt=fmt, encoding=encoding) for key in record}
+    return {"chosen", "rejected"} <= fields or "preferred_output" in fields
 
 
 def _column_pairs(records, path, place, fields, prompt_template, chosen, rejected

@@ -53,22 +53,31 @@ def reference_key(model, data_hash: str, max_length: int) -> str:
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:24]
 
 
-@torch.no_grad()
 def compute(model, dataset, batch_size: int, device) -> np.ndarray:
     """(pairs, 2) summed log-probabilities of every pair's (chosen, rejected) answer, in fp32
-    with dropout off."""
+    with dropout off: the reference of a full or freeze run."""
+    return pair_logps(model, dataset, batch_size, device, what="reference log-probabilities")[0]
+
+
+@torch.no_grad()
+def pair_logps(model, dataset, batch_size: int, device, autocast=None,
+               what: str = "log-probabilities") -> tuple[np.ndarray, np.ndarray]:
+    """((pairs, 2) summed answer log-probabilities, (pairs, 2) answer token counts) of every
+    pair of `dataset`, (chosen, rejected) in each row; in fp32 unless `autocast` is given."""
     was_training = model.training
     model.eval()
-    out = np.zeros((len(dataset), 2), dtype=np.float64)
-    batches = iterate(dataset.batches(0, batch_size), "reference log-probabilities",
-                      dataset.num_batches(batch_size), "batch")
-    with torch.autocast(torch.device(device).type, enabled=False):
-        for batch in batches:
-            sums, _ = sequence_logps(model, batch, device)
-            chosen, rejected = sums.double().cpu().numpy().reshape(2, -1)
-            out[batch.rows, 0], out[batch.rows, 1] = chosen, rejected
+    sums = np.zeros((len(dataset), 2), dtype=np.float64)
+    counts = np.zeros((len(dataset), 2), dtype=np.int64)
+    batches = iterate(dataset.batches(0, batch_size), what, dataset.num_batches(batch_size),
+                      "batch")
+    for batch in batches:
+        with autocast() if autocast else torch.autocast(torch.device(device).type,
+                                                        enabled=False):
+            got, n = sequence_logps(model, batch, device)
+        sums[batch.rows] = got.double().cpu().numpy().reshape(2, -1).T
+        counts[batch.rows] = n.cpu().numpy().reshape(2, -1).T
     model.train(was_training)
-    return out
+    return sums, counts
 
 
 def attach(model, sets: dict, *, key: str, batch_size: int, device) -> str:
