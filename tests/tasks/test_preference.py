@@ -391,3 +391,12 @@ def test_eval_reports_the_preference_accuracy_of_any_model(tiny_gpt2, prefs, cap
     assert f"data:  {prefs} (24 pairs)" in out and "preference accuracy " in out
     code, out, err = run_cli(capsys, ["eval", tiny_gpt2, "--data", prefs, "--column", "x"])
     assert_clean_error(code, out, err, "--column: not for preference pairs")
+
+
+def test_dry_run_plans_pairs_and_writes_nothing(tiny_gpt2, prefs, tmp_path, capsys):
+    code, out, err = run_cli(capsys, ["train", prefs, "--task", "preference", "--model",
+                                      tiny_gpt2, "--out", tmp_path / "run", "--dry-run",
+                                      "--precision", "fp32", "--device", "cpu"])
+    assert code == 0, err
+    assert "pairs per batch (cut at 256 tokens)" in out and "dry run: nothing" in out
+    assert not (tmp_path / "run").exists()

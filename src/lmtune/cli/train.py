@@ -86,10 +86,18 @@ def print_dry_run(result) -> int:
         from lmtune.cli.data import print_data_report
         print_data_report(result.data)
         print()
+    from lmtune.cli.console import ROWS
+
     p = result.plan
-    print(f"plan: {p['tokens_per_step']} tokens per step (batch {p['batch_size']} x block "
-          f"{p['block_size']} x accumulation {p['grad_accum']}), {p['steps_per_epoch']} steps "
-          f"per epoch, {p['total_steps']} steps in all")
+    rows = ROWS.get(p.get("task"))
+    if rows:  # texts or pairs, each cut at the block size, not packed blocks
+        print(f"plan: {p['batch_size']} {rows} per batch (cut at {p['block_size']} tokens) x "
+              f"accumulation {p['grad_accum']}, {p['steps_per_epoch']} steps per epoch, "
+              f"{p['total_steps']} steps in all")
+    else:
+        print(f"plan: {p['tokens_per_step']} tokens per step (batch {p['batch_size']} x block "
+              f"{p['block_size']} x accumulation {p['grad_accum']}), {p['steps_per_epoch']} "
+              f"steps per epoch, {p['total_steps']} steps in all")
     low, high = result.seconds_per_step_range
     print(f"measured on {result.device} in {result.precision}: {result.seconds_per_step:.2f}s "
           f"per step (median of {result.measured_steps} steps; fastest {low:.2f}s, slowest "

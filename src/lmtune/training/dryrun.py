@@ -92,7 +92,8 @@ def dry_run(setup) -> DryRunResult:
     n_evals = math.ceil(plan.total_steps / cfg.eval_every) if val_set is not None else 0
     val_steps = val_docs.n_tokens / plan.tokens_per_step if val_docs is not None else 0
     return DryRunResult(
-        data=report, plan={**dataclasses.asdict(plan), "lr": cfg.lr, "method": cfg.method,
+        data=report, plan={**dataclasses.asdict(plan), "task": cfg.task, "lr": cfg.lr,
+                           "method": cfg.method,
                            "grad_accum": cfg.grad_accum, "epochs": cfg.epochs,
                            "eval_every": cfg.eval_every},
         device=str(setup.accelerator.device), precision=setup.precision,
