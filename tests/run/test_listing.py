@@ -59,3 +59,13 @@ def test_a_run_is_running_while_a_live_process_holds_its_lock(lora_run):
     finally:
         lock.unlink(missing_ok=True)
     assert json.loads((run.final / "lmtune.json").read_text())["method"] == "lora"
+
+
+def test_the_services_runs_are_never_command_line_runs(lora_run):
+    """Should --runs name the service's own runs folder, a job's run (its key's alone) is
+    neither listed nor found as run:NAME."""
+    runs = lora_run.out.parent
+    assert list_runs(runs, exclude=runs) == []
+    assert find_run(runs, lora_run.out.name, exclude=runs) is None
+    assert list_runs(runs.parent, exclude=runs) == []  # the folder holding it: skipped too
+    assert find_run(runs, lora_run.out.name, exclude=runs.parent / "elsewhere") is not None

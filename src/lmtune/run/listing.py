@@ -98,8 +98,10 @@ def list_runs(folder: Path, exclude: Path | None = None) -> list[dict]:
     rows = []
     for child in folder.iterdir():
         run = RunFolder(child)
-        if child.is_symlink() or (skip is not None and child.resolve() == skip):
+        if child.is_symlink():
             continue  # a link may lead out of the folder: find_run would refuse it
+        if skip is not None and skip in (child.resolve(), child.resolve().parent):
+            continue  # the service's runs (or its folder of them), listed as jobs
         try:
             if child.is_dir() and run.holds_run():
                 rows.append(summarize(run))
@@ -108,8 +110,9 @@ def list_runs(folder: Path, exclude: Path | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
 
 
-def find_run(folder: Path, name: str) -> RunFolder | None:
-    """The run `name` directly inside `folder`; never a path outside it."""
+def find_run(folder: Path, name: str, exclude: Path | None = None) -> RunFolder | None:
+    """The run `name` directly inside `folder`; never a path outside it, nor one of
+    `exclude`'s (the service's runs, each its key's alone)."""
     if not RUN_NAME.match(name) or name in (".", ".."):
         return None
     run = RunFolder(folder / name)
@@ -117,6 +120,9 @@ def find_run(folder: Path, name: str) -> RunFolder | None:
         inside = run.path.resolve().parent == folder.resolve()
     except OSError:
         return None
+    if inside and exclude is not None:
+        skip = exclude.resolve()
+        inside = skip not in (run.path.resolve(), run.path.resolve().parent)
     return run if inside and run.holds_run() else None
 
 

@@ -101,6 +101,14 @@ class FineTuning:
                       if Path(row["path"]).is_dir()]
         return names
 
+    def cli_run(self, name: str, runs: str):
+        """The command-line run "run:NAME" in the server's runs folder (never a job's run
+        folder, should the two folders meet)."""
+        from lmtune.run.listing import find_run
+
+        return find_run(Path(runs).expanduser(), name.removeprefix("run:"),
+                        exclude=self.store.runs_dir)
+
     def hidden_from(self, owner: str) -> set[str]:
         """Loaded fine-tuned models that another key owns: to `owner` they do not exist."""
         return {name for name, who in self.owners.items() if who != owner}
@@ -109,9 +117,7 @@ class FineTuning:
         """The Served model `name`, loaded into the engine on first use; None if unknown.
         A command-line run in the server's runs folder is named "run:NAME"."""
         if name.startswith("run:"):
-            from lmtune.run.listing import find_run
-
-            run = find_run(Path(state.cfg.runs).expanduser(), name.removeprefix("run:"))
+            run = self.cli_run(name, state.cfg.runs)
             folder = run.path if run is not None and run.info() else None
         else:
             folder = self.model_folder(name, owner)

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from lmtune.errors import UserError
 from lmtune.finetune import objects
 from lmtune.run.folder import RunFolder
-from lmtune.run.listing import (JsonlTail, find_run, last_losses, list_runs, merge_losses,
+from lmtune.run.listing import (JsonlTail, last_losses, list_runs, merge_losses,
                                 summarize)
 from lmtune.serving.finetune_service import owner_of
 from lmtune.serving.state import ApiError, ServerState
@@ -54,7 +54,7 @@ def add_web_routes(app, state: ServerState) -> None:
 
     def target(request: Request, run_id: str) -> Target:
         if run_id.startswith("run:"):
-            run = find_run(runs_folder(), run_id.removeprefix("run:"))
+            run = state.finetune.cli_run(run_id, state.cfg.runs)
             if run is not None:
                 return Target(run_id, run)
         elif state.finetune is not None:

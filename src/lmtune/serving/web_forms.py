@@ -242,10 +242,8 @@ def _model_spec(state: ServerState, owner: str, name: str) -> str:
     hidden = state.finetune.hidden_from(owner) if state.finetune is not None else set()
     if name in state.models and name not in hidden:
         return state.models[name].resolved.spec
-    if name.startswith("run:"):
-        from lmtune.run.listing import find_run
-
-        run = find_run(Path(state.cfg.runs).expanduser(), name.removeprefix("run:"))
+    if name.startswith("run:") and state.finetune is not None:
+        run = state.finetune.cli_run(name, state.cfg.runs)
         if run is not None and run.info():
             return str(run.path)
     folder = state.finetune.model_folder(name, owner) if state.finetune is not None else None
