@@ -33,3 +33,12 @@ def test_the_cli_shows_several_tokenizers_side_by_side(tiny_gpt2, tiny_llama, tm
                  "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["characters"] == len(data.read_text(encoding="utf-8").strip())
+
+
+def test_data_inspect_names_the_fix_for_a_costly_tokenizer(tiny_gpt2, tmp_path, capsys):
+    data = tmp_path / "zh.txt"
+    data.write_text("公园里的猫\n" * 20, encoding="utf-8")
+    assert main(["data", "inspect", str(data), "--model", str(tiny_gpt2), "--split-on",
+                 "\\n"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the warning is wrapped
+    assert "tokens per character" in out and "lmtune tokenizer extend" in out
