@@ -134,9 +134,13 @@ def test_the_folder_loads_trains_and_exports(extended, corpus, tmp_path, fast):
     with torch.no_grad():
         ids = torch.tensor([tok(MIXED)["input_ids"]])
         assert model(ids).logits.shape[-1] == len(tok)
-    run = lmtune.train(corpus, model=str(ext), out=str(tmp_path / "run"), method="full",
-                       max_steps=3, sample_every=0, report=False, **fast)
-    assert run.steps == 3 and run.final.is_dir()
+    opts = dict(model=str(ext), out=str(tmp_path / "run"), method="full", sample_every=0,
+                report=False, save_every=2, **fast)
+    lmtune.train(corpus, max_steps=2, **opts)
+    run = lmtune.train(out=opts["out"], resume=True, force_resume=True, max_steps=3)
+    assert run.steps == 3 and run.final.is_dir()  # resumed from step 2 with the new vocab
+    trained = AutoModelForCausalLM.from_pretrained(run.final)
+    assert trained.get_input_embeddings().weight.shape[0] == len(tok)
     try:
         got = lmtune.export(ext, tmp_path / "m.gguf", type="f32")
     except UserError as e:  # refused: then with the reason
