@@ -108,6 +108,8 @@ PICKLE_REFUSALS = {
     "report": lambda r: ["report", r["full"]],
     "serve": lambda r: ["serve", r["base"], "--port", "0"],
     "demo": lambda r: ["demo", "--model", r["base"], "--out", r["root"] / "demo"],
+    "tokenizer extend": lambda r: ["tokenizer", "extend", "--model", r["base"], "--corpus",
+                                   r["lines"], "--out", r["root"] / "extended"],
 }
 
 

@@ -17,7 +17,7 @@ from lmtune.atomic import disk_errors, new_folder, refuse_filled_folder
 from lmtune.data.examples import build_examples
 from lmtune.data.readers import check_data_path, read_records, resolve_format
 from lmtune.errors import UserError
-from lmtune.models.load import load_base, load_tokenizer, peek_config
+from lmtune.models.load import check_folder, load_base, load_tokenizer, peek_config
 from lmtune.models.resolve import refuse_classifier, resolve
 from lmtune.progress import stage
 from lmtune.run.artifact import finish_artifact
@@ -80,6 +80,8 @@ def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: 
         raise UserError(f"{resolved.spec} is a LoRA run; its tokenizer and weights are "
                         f"extended as one model", hint=f"merge it first: lmtune merge "
                                                        f"{resolved.spec} --out MERGED")
+    # The weights are checked (pickle, manifest) before minutes of learning, not after.
+    check_folder(Path(resolved.path), resolved.spec, allow_pickle)
     tokenizer = load_tokenizer(resolved, trust_remote_code)
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     kind = bpe.tokenizer_kind(spec)
