@@ -159,6 +159,8 @@ def test_the_cli_writes_the_folder_or_refuses_in_one_line(tiny_gpt2, corpus, tmp
                  "--add", "50", "--out", str(out)]) != 0  # not empty: refused, kept
     err = capsys.readouterr().err
     assert "already exists" in err and (out / "model.safetensors").is_file()
+    assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--out", "x"]) != 0
+    assert "no --corpus given" in capsys.readouterr().err
     english = tmp_path / "en.txt"
     english.write_text(ENGLISH, encoding="utf-8")
     assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(english),

@@ -69,6 +69,9 @@ def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: 
     model with its grown embedding to `out` (a new or empty folder)."""
     if add < 1:
         raise UserError(f"--add {add}: add at least one piece", hint="e.g. --add 20000")
+    if not corpus:
+        raise UserError("no --corpus given", hint="lmtune tokenizer extend --model M --corpus "
+                                                  "zh.txt --add 20000 --out DIR")
     if not out:
         raise UserError("no --out folder given", hint="lmtune tokenizer extend --model M "
                                                       "--corpus zh.txt --add 20000 --out DIR")
