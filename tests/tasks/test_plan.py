@@ -77,7 +77,7 @@ def test_preference_batches_hold_pairs_and_fill_the_loss_settings():
     cfg, plan = plan_preference(pref, lengths=[40] * 300, context=2048, n_layers=12)
     assert plan.batch_size == 4 and plan.block_size == 1024  # 300 pairs: 75 steps per epoch
     assert plan.tokens_per_step == 2 * 40 * 4  # both answers of each pair
-    assert (cfg.loss, cfg.beta, cfg.gamma, cfg.lr) == ("dpo", 0.1, None, 5e-4)
+    assert (cfg.loss, cfg.beta, cfg.gamma, cfg.lr) == ("dpo", 0.1, None, 1e-4)
     _, long = plan_preference(pref, lengths=[900] * 10_000, context=512, n_layers=12)
     assert long.block_size == 512 and long.batch_size == 8  # at most 8 pairs (TRL's batch)
     cfg, _ = plan_preference(dataclasses.replace(pref, loss="simpo", method="full"),
