@@ -287,6 +287,13 @@ def test_a_bad_row_is_one_error_naming_its_line(make, needles, tiny_gpt2, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_pairs_without_the_preference_task_say_which_task(prefs, tiny_gpt2, tmp_path, capsys):
+    code, out, err = run_cli(capsys, ["train", prefs, "--model", tiny_gpt2, "--out",
+                                      tmp_path / "run"])
+    assert_clean_error(code, out, err, "holds preference pairs", "hint: train on them with "
+                                                                 "--task preference")
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--task", "preference", "--loss", "dpo", "--gamma", "1"], "--gamma only applies to "
                                                                 "--loss simpo"),

@@ -147,6 +147,9 @@ def _default_column(records: list[dict], fields: list[str], source: str) -> str:
                         hint="pass --column text to use it and skip those records")
     if len(fields) == 1:
         return fields[0]
+    if {"chosen", "rejected"} <= set(fields) or "preferred_output" in fields:
+        raise UserError(f"{source} holds preference pairs (fields {', '.join(fields)}), not "
+                        f"texts to continue", hint="train on them with --task preference")
     raise UserError(f"{source} has fields {', '.join(fields)}; which one holds the text?",
                     hint=f"--column NAME or --template, e.g. --template '{{{fields[0]}}}'")
 
