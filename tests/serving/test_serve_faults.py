@@ -143,7 +143,8 @@ def test_sigterm_stops_the_server_while_a_template_render_is_stuck(tiny_llama, t
             time.sleep(3)  # the renderer has started and is inside the loops
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
+            code = proc.wait(timeout=60)
+            assert code == 0, proc.stderr.read()[-3000:]  # what the server said on its way out
             assert time.monotonic() - t0 < 30
     finally:
         if proc.poll() is None:
