@@ -13,6 +13,7 @@ function input(f, value, config) {
   const attrs = {name: f.name, value: value ?? (f.default ?? '')};
   if (numeric) Object.assign(attrs, {inputmode: 'decimal'});
   if (f.name === 'lr') attrs.placeholder = "the method's default";
+  else if (f.name === 'beta') attrs.placeholder = "the loss's default (dpo only)";
   else if (f.default === null) attrs.placeholder = 'chosen for the data';
   if (f.name === 'model') attrs.list = 'new-models';
   return h('input', attrs);
