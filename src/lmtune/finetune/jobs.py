@@ -21,6 +21,7 @@ import json
 import math
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmtune.config import DEFAULT_LR, TrainConfig, check_block_size, field_types, flag
@@ -267,18 +268,34 @@ def _check_files(store: Store, job: dict, request: dict, options: dict) -> tuple
     if problems:
         raise JobError("invalid_lmtune_option", _named(problems[0]), "lmtune.block_size")
     if json.loads(job["settings"]).get("method_type") == "dpo":
-        n, tokens = _check_pairs(store, job, request["training_file"], "training_file",
-                                 tokenizer, options)
-        if request.get("validation_file"):
-            _check_pairs(store, job, request["validation_file"], "validation_file", tokenizer,
-                         options, minimum=1)
-        return n, tokens
-    n, tokens = _check_file(store, job, request["training_file"], "training_file", tokenizer,
-                            context, options)
+        def check(file_id, param, minimum=MIN_EXAMPLES):
+            return _check_pairs(store, job, file_id, param, tokenizer, options, minimum)
+    else:
+        def check(file_id, param, minimum=MIN_EXAMPLES):
+            return _check_file(store, job, file_id, param, tokenizer, context, options,
+                               minimum)
+    n, tokens = check(request["training_file"], "training_file")
     if request.get("validation_file"):
-        _check_file(store, job, request["validation_file"], "validation_file", tokenizer,
-                    context, options, minimum=1)
+        check(request["validation_file"], "validation_file", minimum=1)
     return n, tokens
+
+
+def _stored(store: Store, job: dict, file_id: str, param: str) -> dict:
+    row = store.file(file_id, job["owner"])
+    if row is None:
+        raise JobError("invalid_file", f"{param} {file_id} was deleted", param)
+    return row
+
+
+@contextmanager
+def _file_problem(row: dict, param: str):
+    """lmtune's reading errors as the job's: the upload's name, not where it is stored, and
+    the "lmtune" fields, not the command-line flags."""
+    try:
+        yield
+    except UserError as e:
+        message = _named(e.message.replace(str(row["path"]), row["filename"]))
+        raise JobError(f"invalid_{param}", message, param) from None
 
 
 def _check_file(store, job, file_id: str, param: str, tokenizer, context: int, options: dict,
@@ -288,18 +305,13 @@ def _check_file(store, job, file_id: str, param: str, tokenizer, context: int, o
     from lmtune.data.readers import read_records
     from lmtune.data.tokenize import tokenize_examples
 
-    row = store.file(file_id, job["owner"])
-    if row is None:
-        raise JobError("invalid_file", f"{param} {file_id} was deleted", param)
-    try:
+    row = _stored(store, job, file_id, param)
+    with _file_problem(row, param):
         records = read_records(row["path"], fmt=options["format"],
                                split_on=options["split_on"])
         examples, _ = build_examples_with_stats(records, source=row["filename"],
                                                 **{n: options[n] for n in TEXT_FIELDS})
         docs = tokenize_examples(examples, tokenizer)
-    except UserError as e:
-        message = _named(e.message.replace(str(row["path"]), row["filename"]))
-        raise JobError(f"invalid_{param}", message, param) from None
     if len(examples) < minimum:
         raise JobError(f"invalid_{param}", f"{row['filename']} has {len(examples)} examples; "
                                            f"at least {minimum} are needed", param)
@@ -319,16 +331,11 @@ def _check_pairs(store, job, file_id: str, param: str, tokenizer, options: dict,
     preference format ({"input", "preferred_output", "non_preferred_output"}) or TRL's."""
     from lmtune.tasks.preference.data import read_pairs, tokenize_pairs
 
-    row = store.file(file_id, job["owner"])
-    if row is None:
-        raise JobError("invalid_file", f"{param} {file_id} was deleted", param)
-    try:
+    row = _stored(store, job, file_id, param)
+    with _file_problem(row, param):
         pairs = read_pairs(row["path"], fmt=options["format"],
                            prompt_template=options["prompt_template"])
         chosen, rejected = tokenize_pairs(pairs, tokenizer)
-    except UserError as e:
-        message = _named(e.message.replace(str(row["path"]), row["filename"]))
-        raise JobError(f"invalid_{param}", message, param) from None
     if len(pairs) < minimum:
         raise JobError(f"invalid_{param}", f"{row['filename']} has {len(pairs)} preference "
                                            f"pairs; at least {minimum} are needed", param)

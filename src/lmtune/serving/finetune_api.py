@@ -94,7 +94,7 @@ def _job_routes(app, state: ServerState, owner, max_waiting: int) -> None:
 
     @app.post("/v1/fine_tuning/jobs")
     async def create(request: Request):
-        body = await _json_object(request)
+        body = await json_object(request)
         _check_create(body)
         hidden = state.finetune.hidden_from(owner(request))
         served = {name: s.resolved.spec for name, s in state.models.items()
@@ -176,7 +176,7 @@ def _limit(limit: int) -> int:
     return limit
 
 
-async def _json_object(request: Request) -> dict:
+async def json_object(request: Request) -> dict:
     try:
         body = await request.json()
     except (ValueError, RecursionError, UnicodeDecodeError):

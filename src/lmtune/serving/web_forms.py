@@ -25,6 +25,7 @@ from lmtune.config import TrainConfig
 from lmtune.config.commands import InspectConfig
 from lmtune.config.defaults import DATA_FORMATS, DEFAULT_LR, DEFAULT_MODEL
 from lmtune.errors import UserError
+from lmtune.serving.finetune_api import json_object
 from lmtune.serving.state import ApiError, ServerState
 
 # The New-job form's fields, in its order: each shown with TrainConfig's default and help.
@@ -93,14 +94,14 @@ def add_form_routes(app, state: ServerState, owner) -> None:
 
     @app.post("/lmtune/files/{file_id}/preview")
     async def preview(request: Request, file_id: str):
-        body = await _body(request)
+        body = await json_object(request)
         row = await _own_file(state, owner(request), file_id)
         return await run_in_threadpool(_preview, tokenizers, row,
                                        _served_model(state, body, owner(request)))
 
     @app.post("/lmtune/estimate")
     async def estimate(request: Request):
-        body = await _body(request)
+        body = await json_object(request)
         row = await _own_file(state, owner(request), body.get("training_file"))
         return await _estimate(row, _served_model(state, body, owner(request)))
 
@@ -117,16 +118,6 @@ def add_form_routes(app, state: ServerState, owner) -> None:
             raise ApiError(400, e.message) from None
         return PlainTextResponse(text, headers={
             "Content-Disposition": 'attachment; filename="Modelfile"'})
-
-
-async def _body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
 
 
 async def _own_file(state: ServerState, owner: str, file_id) -> dict:
@@ -232,7 +223,10 @@ async def _estimate(row: dict, body: dict) -> dict:
         lines = [x for x in err.decode("utf-8", "replace").splitlines() if x.strip()]
         message = lines[-1] if lines else f"the dry run failed (exit {child.returncode})"
         raise ApiError(400, _field_names(message.replace(row["path"], row["filename"])))
-    result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+    try:
+        result = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ApiError(400, "the dry run printed no estimate") from None
     if result.get("data"):
         result["data"]["data"] = row["filename"]
     return result
