@@ -107,6 +107,7 @@ class IsolatedRenderer:
                  memory: int = CHILD_MEMORY):
         self.seconds, self.max_chars, self.memory = seconds, max_chars, memory
         self._lock = threading.Lock()
+        self._closing = threading.Lock()
         self._process = self._conn = None
 
     def _start(self) -> None:
@@ -142,9 +143,13 @@ class IsolatedRenderer:
         return payload
 
     def close(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.join(5)
-        if self._conn is not None:
-            self._conn.close()
-        self._process = self._conn = None
+        # Two threads may close at once (a render past its time, and the server stopping):
+        # each takes the child away under its own lock, so the pipe is closed once.
+        with self._closing:
+            process, conn = self._process, self._conn
+            self._process = self._conn = None
+        if process is not None:
+            process.kill()
+            process.join(5)
+        if conn is not None:
+            conn.close()
