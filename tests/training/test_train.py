@@ -57,7 +57,7 @@ def test_metrics_records_are_flat_and_complete(full_run):
     assert [r["tokens"] for r in train] == sorted(r["tokens"] for r in train)
     assert train[0]["epoch"] < train[-1]["epoch"]
     for r in evals:
-        assert set(r) == {"step", "val_loss", "val_ppl"}
+        assert set(r) == {"step", "val_loss", "val_ppl", "val_bits_per_char"}
         assert r["val_ppl"] == pytest.approx(torch.tensor(r["val_loss"]).exp().item(), rel=1e-3)
 
 

@@ -136,7 +136,30 @@ def summarize(metrics: list[dict]) -> dict:
         "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in train)
         if train else None,
         "last_copy_rate": copies[-1]["copy_rate"] if copies else None,
+        "final_val_bits_per_char": evals[-1].get("val_bits_per_char") if evals else None,
     }
+
+
+def _extension(info: dict, s: dict, samples: list[dict]) -> list[str]:
+    """A run on an extended tokenizer (train --extend-tokenizer): what the new pieces saved,
+    the loss per character (which, unlike the loss per token, compares with a run on the
+    base tokenizer), and how much of the last samples is in the new script."""
+    ext = info.get("tokenizer_extension")
+    if not ext:
+        return []
+    before, after = ext.get("chars_per_token_before"), ext.get("chars_per_token_after")
+    gain = f" ({after / before:.2f}x)" if before and after else ""
+    last = [r["text"] for r in samples if r["step"] == samples[-1]["step"]] if samples else []
+    chars = [c for t in last for c in t if not c.isspace()]
+    share = sum(ord(c) >= 0x80 for c in chars) / len(chars) if chars else None
+    rows = [["base model", _e(ext.get("base_model"))],
+            ["pieces added", f"{_num(ext.get('added'))} to {_num(ext.get('base_vocab'))}"],
+            ["characters per token on the training data, before -> after",
+             f"{_num(before, 3)} -> {_num(after, 3)}{gain}"],
+            ["final validation loss per character (bits)", _num(s["final_val_bits_per_char"])],
+            ["non-ASCII share of the last samples' characters", _num(share, 3)]]
+    return ["<h2>Extended tokenizer</h2>",
+            _table([[f"<th>{k}</th>", f"<td>{v}</td>"] for k, v in rows], css="kv")]
 
 
 REWARDS = ("reward_accuracy", "reward_margin", "rewards_chosen", "rewards_rejected")
@@ -177,12 +200,16 @@ def render_html(run: Path, cfg: TrainConfig, info: dict, metrics: list[dict],
         ["share of the last samples that copy a training example verbatim",
          _num(s["last_copy_rate"], 3)],
     ]
+    if s["final_val_bits_per_char"] is not None:  # comparable across tokenizers
+        summary_rows.insert(6, ["final validation loss per character (bits)",
+                                _num(s["final_val_bits_per_char"])])
     parts = [f"<h1>lmtune run: {_e(run.name)}</h1>",
              f'<p class="muted">{_e(run.resolve())}</p>',
              _table([[f"<th>{k}</th>", f"<td>{v}</td>"] for k, v in summary_rows], css="kv"),
              "<h2>Loss and learning rate</h2>",
              f'<img alt="loss curves" src="data:image/png;base64,'
-             f'{base64.b64encode(png).decode()}">', *_rewards(metrics)]
+             f'{base64.b64encode(png).decode()}">', *_rewards(metrics),
+             *_extension(info, s, samples)]
     parts.append("<h2>Before and after, on the sample prompts (same seed)</h2>")
     if before_after:
         rows = []

@@ -30,6 +30,7 @@ class LanguageModeling:
     chat = False              # the data is conversations (data/chat.py)
     # Chat data: the samples during training ask the first conversations' first questions
     sample_prompts: list[str] = []
+    val_chars = 0             # characters of the validation targets (bits per character)
 
     def check(self, cfg: TrainConfig) -> list[str]:
         given = [flag(n) for n in ("text_column", "label_column") if getattr(cfg, n) is not None]
@@ -55,6 +56,7 @@ class LanguageModeling:
                                  seed=cfg.seed)
         val_set = (make_dataset(val_docs, plan.block_size, pack=cfg.pack, shuffle=False, seed=0)
                    if val_docs else None)
+        self.val_chars = target_characters(val_docs, tokenizer) if val_docs else 0
         return TaskData(cfg=cfg, plan=plan, train_set=train_set, val_set=val_set,
                         data_hash=splits.key,
                         summary={"train_examples": len(train_docs),
@@ -72,14 +74,33 @@ class LanguageModeling:
         return loss_sum(model, batch, device)
 
     def evaluate(self, model, val_set, batch_size: int, device, autocast) -> dict:
-        val_loss, _ = mean_loss(model, val_set, batch_size, device, autocast)  # all ranks
-        return {"val_loss": round(val_loss, 6), "val_ppl": round(perplexity(val_loss), 4)}
+        val_loss, count = mean_loss(model, val_set, batch_size, device, autocast)  # all ranks
+        record = {"val_loss": round(val_loss, 6), "val_ppl": round(perplexity(val_loss), 4)}
+        if self.val_chars:  # the loss per character: comparable across tokenizers
+            record["val_bits_per_char"] = round(val_loss * count / self.val_chars
+                                                / math.log(2), 6)
+        return record
 
     def rank(self, record: dict) -> list:
         return [record["val_loss"]]
 
     def info(self) -> dict:
         return {"task": self.name, **({"format": "chat"} if self.chat else {})}
+
+
+# Decoding the validation targets once costs about a second per million tokens; a larger
+# split goes without bits per character rather than delay the start.
+MAX_DECODED_TOKENS = 5_000_000
+
+
+def target_characters(docs, tokenizer) -> int:
+    """Characters of the text the validation loss predicts: each document's target tokens
+    (special tokens left out), decoded. 0 when the split is too large to decode at start."""
+    if docs.n_tokens > MAX_DECODED_TOKENS:
+        return 0
+    rows = [docs.ids[s:s + n][docs.loss_mask[s:s + n]].tolist()
+            for s, n in zip(docs.starts, docs.lengths)]
+    return sum(map(len, tokenizer.batch_decode(rows, skip_special_tokens=True)))
 
 
 def _data_notes(stats: dict) -> list[str]:
