@@ -6,11 +6,23 @@ need another kind import the builders."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 CORPUS_WORDS = ("the cat sat on the mat and a dog ran in the park while birds sang "
                 "quote by ada lovelace engines weave patterns question answer two plus four "
                 "why did the programmer quit because he did not get arrays").split()
+
+
+def chinese_corpus(path: Path, lines: int = 400) -> Path:
+    """Lines of 'words' made of 60 CJK characters (U+4E00...), built here, with some ASCII."""
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + 37 * k) for k in range(60)]
+    words = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 3))) for _ in range(150)]
+    text = "\n".join("".join(rng.choice(words) for _ in range(rng.randint(5, 20)))
+                     + rng.choice(["。", "，好的", " ok 2024"]) for _ in range(lines))
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
 
 
 def byte_level_tokenizer(bos: str | None):
@@ -85,7 +97,8 @@ def llama_folder(folder: Path, tokenizer, **config) -> Path:
     cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
                       vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, **config)
+                      eos_token_id=tokenizer.eos_token_id,
+                      **{"tie_word_embeddings": False, **config})
     return save_folder(LlamaForCausalLM(cfg), tokenizer, folder)
 
 

@@ -16,9 +16,9 @@ def _spy(monkeypatch) -> dict:
     seen = {"steps": 0, "autocast": set()}
     real_step, real_loss = step_module.train_step, LanguageModeling.loss_sum
 
-    def train_step(setup, micro):
+    def train_step(setup, micro, step=None):
         seen["steps"] += 1
-        return real_step(setup, micro)
+        return real_step(setup, micro, step)
 
     def loss_sum(self, model, batch, device):
         on = torch.is_autocast_enabled("cpu")

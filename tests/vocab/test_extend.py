@@ -4,7 +4,6 @@ the mean of their constituents, and the folder loads, trains and exports like an
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import lmtune
 from lmtune.cli.main import main
 from lmtune.errors import UserError
 from lmtune.vocab.extend import extend_model
+from tiny_models import chinese_corpus
 
 KINDS = ["tiny_gpt2", "tiny_llama", "tiny_llama3", "tiny_spm_llama"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,15 +23,6 @@ CJK = "".join(chr(0x4E00 + 37 * k) for k in range(0, 60, 3))  # from the corpus'
 MIXED = f"The cat sat 在公园里 on the mat 🙂, and 中文 text with é, ü and 日本語 too.\n {CJK} end"
 
 
-def chinese_corpus(path: Path, lines: int = 400) -> Path:
-    """Lines of 'words' made of 60 CJK characters (U+4E00...), built here, with some ASCII."""
-    rng = random.Random(0)
-    chars = [chr(0x4E00 + 37 * k) for k in range(60)]
-    words = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 3))) for _ in range(150)]
-    text = "\n".join("".join(rng.choice(words) for _ in range(rng.randint(5, 20)))
-                     + rng.choice(["。", "，好的", " ok 2024"]) for _ in range(lines))
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

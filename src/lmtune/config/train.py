@@ -170,9 +170,8 @@ class TrainConfig(DataOptions):
     save_minutes: float | None = opt(None, "Fewest minutes between two checkpoints (default: "
                                      f"{SAVE_MINUTES:g} when --save-every is left to its "
                                      "default, 0 when it is given).", group="output")
-    keep: int = opt(2, "Keep this many newest checkpoints (at least the newest one), plus the best by "
-                    "validation loss.",
-                    group="output")
+    keep: int = opt(2, "Keep this many newest checkpoints (at least the newest one), plus the "
+                    "best by validation loss.", group="output")
     patience: int | None = opt(None, "Stop after this many evaluations without a better "
                                "validation loss.", group="training")
     resume: bool = opt(False, "Continue the run in --out from its newest complete checkpoint.",
@@ -181,6 +180,19 @@ class TrainConfig(DataOptions):
                              "base model differ from the run's (each change is reported).",
                              group="output")
     overwrite: bool = opt(False, "Replace a previous run in --out.", group="output")
+    extend_tokenizer: int | None = opt(None, "Before training, teach the model's tokenizer up "
+                                       "to N pieces of the training data's language (as "
+                                       "'lmtune tokenizer extend' does, with the training "
+                                       "file as corpus: e.g. 20000 for Chinese) and grow its "
+                                       "embedding to match; the extended model is kept in "
+                                       "$LMTUNE_HOME/extended/, where resuming finds it. "
+                                       "With --method lora the new embedding rows train too.",
+                                       group="model")
+    warmup_embeddings: int = opt(0, "The first N optimizer steps update only the embedding "
+                                 "(and an untied LM head; with --method lora only the new "
+                                 "rows), then the method trains as usual: new rows settle "
+                                 "before the rest of the model adapts to them.",
+                                 group="method")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
     allow_pickle: bool = opt(False, "Allow a base model whose weights are only in pickle files "
                              "(.bin, .pt); loaded with torch.load(weights_only=True). "
@@ -241,8 +253,26 @@ def check_train(cfg: TrainConfig) -> list[str]:
         problems.append(f"--beta must be above 0 (got {cfg.beta})")
     if cfg.gamma is not None and cfg.gamma < 0:
         problems.append(f"--gamma must not be negative (got {cfg.gamma})")
+    problems += check_extension(cfg)
     if cfg.dry_run and cfg.devices > 1:
         problems.append("--dry-run times steps on one process (drop --devices)")
+    return problems
+
+
+def check_extension(cfg: TrainConfig) -> list[str]:
+    problems = []
+    if cfg.extend_tokenizer is not None and cfg.extend_tokenizer < 1:
+        problems.append(f"--extend-tokenizer must be at least 1 (got {cfg.extend_tokenizer}): "
+                        f"it is how many pieces to add, e.g. --extend-tokenizer 20000")
+    if cfg.extend_tokenizer is not None and cfg.task != "generate":
+        problems.append(f"--extend-tokenizer is for --task generate (got --task {cfg.task}): "
+                        f"extend first with lmtune tokenizer extend, then train on its folder")
+    if cfg.warmup_embeddings < 0:
+        problems.append(f"--warmup-embeddings must not be negative (got "
+                        f"{cfg.warmup_embeddings})")
+    elif cfg.warmup_embeddings and cfg.method == "lora" and cfg.extend_tokenizer is None:
+        problems.append("--warmup-embeddings with --method lora needs --extend-tokenizer: "
+                        "LoRA trains no embedding row otherwise")
     return problems
 
 

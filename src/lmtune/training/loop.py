@@ -22,11 +22,11 @@ from lmtune.distributed import resume_command
 from lmtune.errors import Stopped, UserError
 from lmtune.models.generate import generate
 from lmtune.run import checkpoint
-from lmtune.run.artifact import run_info, save_artifact
+from lmtune.run.artifact import save_artifact
 from lmtune.run.folder import JsonlWriter, NoWriter, RunFolder
 from lmtune.training.flops import flops_per_token, peak_flops
 from lmtune.training.result import Interrupted, TrainResult
-from lmtune.training.setup import Setup, base_name, parameter_counts
+from lmtune.training.setup import Setup, parameter_counts
 from lmtune.training import step as step_module
 from lmtune.training.step import StepResult
 
@@ -209,7 +209,7 @@ class _Logs:
 def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> TrainResult:
     cfg, plan, world = setup.cfg, setup.plan, setup.world
     logs = _Logs(run, world.is_main, emit)
-    info = {**run_info(cfg, base_name(cfg.model)), **setup.task.info()}
+    info = {**setup.run_info(), **setup.task.info()}
     intervals = Intervals(cfg, plan.total_steps)
     n_trainable, n_params = parameter_counts(setup)
     if setup.task.name == "classify":  # no LM head: the embedding is a lookup, not a matmul
@@ -232,7 +232,7 @@ def fit(setup: Setup, state: LoopState, run: RunFolder, emit, stop, fast) -> Tra
     batches = step_batches(setup, state.step)
     while state.step < plan.total_steps:
         with stop.deferred():  # a signal here waits for the step's end
-            result = step_module.train_step(setup, next(batches))
+            result = step_module.train_step(setup, next(batches), state.step)
             bad_in_row = _count_skipped(result, state, bad_in_row, emit)
             step_lr = setup.scheduler.get_last_lr()[0]  # the rate this step used
             setup.scheduler.step()

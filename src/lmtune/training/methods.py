@@ -23,18 +23,27 @@ FAN_IN_FAN_OUT = {"gpt2"}
 
 
 def apply_lora(model, *, r: int, alpha: int, dropout: float, targets: list[str] | None,
-               classify: bool = False):
+               classify: bool = False, new_rows: list[int] | None = None):
     """With `classify`, the label head is new (randomly initialised), so it trains whole:
-    PEFT's `modules_to_save` keeps a trainable copy and saves it with the adapter."""
+    PEFT's `modules_to_save` keeps a trainable copy and saves it with the adapter. `new_rows`:
+    token ids a tokenizer extension added (train --extend-tokenizer), whose embedding rows
+    train too (new_token_rows)."""
     from peft import LoraConfig, get_peft_model
 
     model_type = model.config.model_type
     target_modules = targets or default_lora_targets(model_type)
     extra = (dict(task_type="SEQ_CLS", modules_to_save=[classifier_head_name(model)])
              if classify else dict(task_type="CAUSAL_LM"))
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules=target_modules,
-                        fan_in_fan_out=model_type in FAN_IN_FAN_OUT, **extra)
+    if new_rows:
+        extra["trainable_token_indices"] = new_token_rows(model, new_rows)
+    try:
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                            target_modules=target_modules,
+                            fan_in_fan_out=model_type in FAN_IN_FAN_OUT, **extra)
+    except TypeError as e:  # an older PEFT: no trainable_token_indices
+        raise UserError(f"this PEFT cannot train new embedding rows under LoRA ({e})",
+                        hint="pip install -U 'peft>=0.15', or train with --method full") \
+            from None
     try:
         return get_peft_model(model, config)
     except ValueError as e:
@@ -45,6 +54,28 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, targets: list[str] 
         raise UserError(f"--lora-targets {' '.join(targets or [])}: no such modules in "
                         f"{model_type}", hint="modules that LoRA can adapt here: "
                         + ", ".join(leaves))
+
+
+def new_token_rows(model, ids: list[int]) -> dict[str, list[int]]:
+    """PEFT's trainable_token_indices for the new rows of the input embedding and, when it
+    is untied, of the LM head (a tied head follows the embedding's rows in PEFT). The rest
+    of the embedding stays frozen and is never saved with the adapter.
+
+    Chosen over modules_to_save=[embedding, head], which trains, keeps AdamW moments for and
+    saves whole copies of both matrices, old rows included. Measured on a 2-layer Llama with
+    an untied head, 49,152 + 20,000 rows of 576 (SmolLM2's sizes), 8 x 64 tokens, fp32, busy
+    2-core CPU: 23.1M trained weights against 79.7M, AdamW state 185 MB against 638 MB, peak
+    RSS 1.78 GB against 2.40 GB, adapter file 92 MB against 319 MB, 3.7 s a step against 4.5 s.
+    At 1,000 + 200 rows of 64 the steps took the same time (41 ms against 37 ms, noise).
+    Either way the head is no plain Linear any more, so the loss takes the full-logits path
+    rather than fast/chunked_ce.py.
+    """
+    leaf = {m: name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    rows = {leaf[emb]: list(ids)}
+    if head is not None and head.weight is not emb.weight:
+        rows[leaf[head]] = list(ids)
+    return rows
 
 
 def _blocks(model) -> nn.ModuleList:
@@ -68,8 +99,8 @@ def _final_norm(model) -> nn.Module | None:
 def apply_freeze(model, train_layers: int):
     n = num_layers(model)
     if not 1 <= train_layers <= n:
-        raise UserError(f"--train-layers {train_layers} is outside 1..{n} ({model.config.model_type} "
-                        f"has {n} blocks)")
+        raise UserError(f"--train-layers {train_layers} is outside 1..{n} "
+                        f"({model.config.model_type} has {n} blocks)")
     model.requires_grad_(False)
     for block in list(_blocks(model))[n - train_layers:]:
         block.requires_grad_(True)
@@ -117,7 +148,9 @@ def keep_lora_inputs_in_autocast_dtype(model) -> None:
             module.cast_input_dtype_enabled = False
 
 
-ADDED_BY_LORA = ("lora_", "modules_to_save.")
+# trainable_tokens_: the new embedding rows of an extended run (new_token_rows), copies of rows
+# the model already counts
+ADDED_BY_LORA = ("lora_", "modules_to_save.", "trainable_tokens_")
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -159,7 +192,7 @@ class Full:
 
     name = "full"
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, new_rows: list[int] | None = None):
         model.requires_grad_(True)
         return model
 
@@ -175,8 +208,11 @@ class Freeze(Full):
 
     name = "freeze"
 
-    def apply(self, model, cfg):
-        return apply_freeze(model, cfg.train_layers)
+    def apply(self, model, cfg, new_rows: list[int] | None = None):
+        model = apply_freeze(model, cfg.train_layers)
+        if new_rows:  # the new rows start as averages: the input side must learn them too
+            model.get_input_embeddings().requires_grad_(True)
+        return model
 
 
 class Lora:
@@ -184,9 +220,10 @@ class Lora:
 
     name = "lora"
 
-    def apply(self, model, cfg):
+    def apply(self, model, cfg, new_rows: list[int] | None = None):
         return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                          targets=cfg.lora_targets, classify=cfg.task == "classify")
+                          targets=cfg.lora_targets, classify=cfg.task == "classify",
+                          new_rows=new_rows)
 
     def restore(self, model, folder: Path) -> None:
         from peft import set_peft_model_state_dict
@@ -203,3 +240,28 @@ class Lora:
 
 
 METHODS = {m.name: m for m in (Lora(), Full(), Freeze())}
+
+
+class EmbeddingWarmup:
+    """--warmup-embeddings N: for the first N optimizer steps only the embedding and the LM
+    head (of what the method trains: with LoRA the new rows) are updated. The others' gradients
+    are dropped before clipping and the update, so AdamW neither moves nor decays them and
+    their moments start only after the warmup; the backward still computes them, which keeps
+    DDP's gradient reduction the same on every step."""
+
+    def __init__(self, model, params: list, steps: int):
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        mine = {id(p) for m in (emb, head) if m is not None for p in m.parameters()}
+        self.steps = steps
+        self.held = [p for p in params if id(p) not in mine]
+        if steps and len(self.held) == len(params):
+            raise UserError(f"--warmup-embeddings {steps}: no embedding weight trains with "
+                            f"this method", hint="drop --warmup-embeddings, or add "
+                                                 "--extend-tokenizer with --method lora")
+
+    def hold(self, step: int | None) -> None:
+        """Before the update of step `step` (0-based; None: a step after the warmup)."""
+        if step is not None and step < self.steps:
+            for p in self.held:
+                p.grad = None
+

@@ -22,13 +22,15 @@ from lmtune.errors import UserError
 from lmtune.fast import speedups
 from lmtune.models.load import config_layers, context_length, load_tokenizer, peek_config
 from lmtune.models.resolve import Resolved, resolve
+from lmtune.run.artifact import run_info
 from lmtune.run.checkpoint import read_state
 from lmtune.run.folder import RunFolder
 from lmtune.run.resume import find_start
 from lmtune.tasks.base import TaskData
 from lmtune.tasks.plan import Plan
 from lmtune.training import optim
-from lmtune.training.methods import METHODS, count_parameters
+from lmtune.training.methods import METHODS, EmbeddingWarmup, count_parameters
+from lmtune.vocab.cached import extended_for_training, new_token_ids
 
 
 @dataclass
@@ -53,10 +55,20 @@ class Setup:
     changes: list[str] = dataclasses.field(default_factory=list)  # what --force-resume allowed
     threads: object = None      # cpu.ThreadBudget: printed at start, kept in metrics.jsonl
     warnings: list[str] = dataclasses.field(default_factory=list)  # for the start messages
+    warmup: EmbeddingWarmup | None = None  # --warmup-embeddings (methods.py)
 
     @property
     def plan(self) -> Plan:
         return self.data.plan
+
+    def run_info(self) -> dict:
+        """What final/lmtune.json records besides the task's keys: the base model (with
+        --extend-tokenizer the extended folder, which a LoRA adapter needs under it) and,
+        for an extended run, what the extension gained (the report shows it)."""
+        if not self.cfg.extend_tokenizer:
+            return run_info(self.cfg, base_name(self.cfg.model))
+        extension = (self.resolved.info or {}).get("tokenizer_extension", {})
+        return {**run_info(self.cfg, self.resolved.path), "tokenizer_extension": extension}
 
 
 def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
@@ -71,7 +83,8 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
     warning = precision_warning(precision, device)
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
-    model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg)
+    model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg,
+                         new_rows=new_token_ids(resolved.info) if cfg.extend_tokenizer else None)
     if start is not None:
         method.restore(model, start / "model")
     model.config.use_cache = False
@@ -87,16 +100,18 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
         model, optimizer = accelerator.prepare(model, optimizer)
     seed_ranks(world, cfg.seed)
     scheduler = optim.lr_schedule(optimizer, cfg, data.plan.total_steps)
+    # Listed once, before any forward: FSDP2 registers unsharded stand-ins while a module
+    # runs (the root's stay after its forward), and the clipping and the finiteness check
+    # must see the sharded weights the optimizer updates.
+    params = [p for p in model.parameters() if p.requires_grad]
     return Setup(cfg=cfg, task=task, data=dataclasses.replace(data, cfg=cfg), world=world,
                  resolved=resolved, tokenizer=tokenizer, model=model,
                  unwrapped=accelerator.unwrap_model(model), method=method,
                  optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                  device=device, precision=precision, fast=fast, start=start, changes=changes,
-                 threads=threads, warnings=[warning] if warning else [],
-                 # Listed once, before any forward: FSDP2 registers unsharded stand-ins while
-                 # a module runs (the root's stay after its forward), and the clipping and the
-                 # finiteness check must see the sharded weights the optimizer updates.
-                 params=[p for p in model.parameters() if p.requires_grad])
+                 threads=threads, warnings=[warning] if warning else [], params=params,
+                 warmup=EmbeddingWarmup(accelerator.unwrap_model(model), params,
+                                        cfg.warmup_embeddings))
 
 
 def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object, TaskData]:
@@ -113,6 +128,8 @@ def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object
     model_config = peek_config(resolved, cfg.trust_remote_code)
     context, n_layers = context_length(model_config), config_layers(model_config)
     refuse(check_against_model(cfg, context=context, n_layers=n_layers))
+    if cfg.extend_tokenizer:  # the data is tokenized, and the model loaded, extended
+        resolved = extended_for_training(resolved, cfg)
     tokenizer = load_tokenizer(resolved, cfg.trust_remote_code)
     data = task.prepare(cfg, tokenizer, context=context, n_layers=n_layers, world=world.size)
     world.local_main_first_end()

@@ -35,8 +35,9 @@ def loss_and_stats(task, model, batch, device) -> tuple[torch.Tensor, dict]:
     return task.loss_sum(model, batch, device), {}
 
 
-def train_step(setup, micro: list) -> StepResult:
-    """`setup` is a training.setup.Setup; `micro` the step's micro-batches on this rank."""
+def train_step(setup, micro: list, step: int | None = None) -> StepResult:
+    """`setup` is a training.setup.Setup; `micro` the step's micro-batches on this rank;
+    `step` the steps done before this one (None in the dry run: a step past any warmup)."""
     model, accelerator, world = setup.model, setup.accelerator, setup.world
     device = accelerator.device
     n_targets, n_tokens = world.step_counts(micro)  # over all ranks
@@ -59,6 +60,7 @@ def train_step(setup, micro: list) -> StepResult:
         step_loss += loss.detach()
         for name, value in stats.items():
             step_stats[name] = step_stats.get(name, 0) + value.detach()
+    setup.warmup.hold(step)  # --warmup-embeddings: only the embedding updates at first
     # One host sync per step: a non-finite gradient must skip the update, never reach the
     # weights (and so never a checkpoint).
     grad_norm = optim.clip_gradients(accelerator, setup.params,

@@ -64,9 +64,10 @@ def corpus_texts(path: str, column: str | None = None, encoding: str = "utf-8") 
 
 def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: str | None = None,
                  encoding: str = "utf-8", trust_remote_code: bool = False,
-                 allow_pickle: bool = False) -> ExtendResult:
+                 allow_pickle: bool = False, exists: str = "replace") -> ExtendResult:
     """Extend `model`'s tokenizer with up to `add` pieces learned on `corpus` and write the
-    model with its grown embedding to `out` (a new or empty folder)."""
+    model with its grown embedding to `out` (a new or empty folder). `exists`: what to do when
+    another process wrote `out` meanwhile (atomic.new_folder)."""
     if add < 1:
         raise UserError(f"--add {add}: add at least one piece", hint="e.g. --add 20000")
     if not corpus:
@@ -102,8 +103,12 @@ def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: 
     before, after = _chars_per_token(spec, ext.spec, texts)
     info = {"lmtune_version": __version__, "task": "generate", "base_model": resolved.spec,
             "tokenizer_extension": {"corpus": str(corpus), "kind": kind,
-                                    "added": len(ext.pieces), "first_id": ext.ids[0]}}
-    with disk_errors(target), new_folder(target) as tmp, stage(f"saving {target}"):
+                                    "added": len(ext.pieces), "first_id": ext.ids[0],
+                                    "base_model": resolved.spec, "base_vocab": len(tokenizer),
+                                    "chars_per_token_before": round(before, 4),
+                                    "chars_per_token_after": round(after, 4)}}
+    with disk_errors(target), new_folder(target, exists=exists) as tmp, \
+            stage(f"saving {target}"):
         net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_tokenizer(tmp, ext, trust_remote_code)
