@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tiny_models import byte_level_tokenizer, chinese_corpus, llama_folder
 
 import lmtune
+from lmtune.errors import UserError
 
 ADD = 60
 FAST = dict(split_on="\n", block_size=64, batch_size=4, precision="fp32", device="cpu",
@@ -100,6 +101,14 @@ def test_lora_trains_the_new_rows_and_no_old_one_and_merges(tiny_llama, corpus, 
         changed = (after[n:] - before[n:]).abs().amax(1) > 0
         assert changed.float().mean() > 0.5, changed  # most new pieces occur in the data
     assert merged.config.vocab_size == base.config.vocab_size
+    zh = corpus.read_text(encoding="utf-8")[:4]
+    sample = lmtune.generate(str(run.out), [zh], max_new_tokens=8, device="cpu")[0]
+    assert sample.prompt == zh  # the adapter loads with its rows over the extended base
+    try:  # the LoRA run merged into one file, or refused with the reason
+        got = lmtune.export(str(run.out), str(tmp_path / "m.gguf"), type="f32")
+        assert got.out.is_file()
+    except UserError as e:
+        assert "tokenizer" in e.message, e.message
 
 
 def test_lora_on_a_tied_embedding_keeps_it_tied(tiny_gpt2, corpus, home, tmp_path):
@@ -133,6 +142,22 @@ def test_an_extended_lora_run_resumes_on_the_same_extended_model(tiny_llama, cor
     assert a.keys() == b.keys()
     for k in a:  # the resumed run is the run never stopped
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_resume_makes_a_removed_extension_again_the_same(tiny_llama, corpus, home,
+                                                            tmp_path):
+    import shutil
+    opts = dict(model=str(tiny_llama), out=str(tmp_path / "run"), method="lora",
+                extend_tokenizer=ADD, lr=1e-2, save_every=2, lr_schedule="constant",
+                warmup_steps=0, **FAST)
+    lmtune.train(str(corpus), max_steps=2, **opts)
+    ext = _extended(home)
+    before = (ext / "tokenizer.json").read_bytes(), (ext / "model.safetensors").read_bytes()
+    shutil.rmtree(ext)  # the cache cleared between the stop and the resume
+    resumed = lmtune.train(out=opts["out"], resume=True, max_steps=3)
+    assert resumed.steps == 3 and _extended(home) == ext
+    assert ((ext / "tokenizer.json").read_bytes(), (ext / "model.safetensors").read_bytes()) \
+        == before  # learned again, byte for byte: the adapter sits on the same base
 
 
 def test_warmup_updates_only_the_embedding_and_head_for_its_steps(tiny_llama, corpus, home,
