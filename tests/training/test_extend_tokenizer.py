@@ -215,3 +215,15 @@ def test_a_tokenizer_extension_cannot_handle_is_refused_before_writing(corpus, h
     assert_clean_error(*got, "cannot extend a WordPiece tokenizer", "hint:")
     assert not out.exists()
     assert not (home / "extended").exists() or not any((home / "extended").iterdir())
+
+
+def test_a_dry_run_times_the_extended_model_and_writes_no_run(tiny_gpt2, corpus, home,
+                                                              tmp_path):
+    out = tmp_path / "run"
+    dry = lmtune.train(str(corpus), model=str(tiny_gpt2), out=str(out), method="lora",
+                       extend_tokenizer=ADD, warmup_embeddings=1, dry_run=True, **FAST)
+    assert dry.seconds_per_step > 0 and not out.exists()
+    warnings = " ".join(dry.data.warnings)
+    assert "tokenizer extend --corpus" not in warnings  # it is being extended already
+    assert f"even with --extend-tokenizer {ADD}" in warnings  # 60 pieces are few
+    assert _extended(home).is_dir()  # kept, as the token cache is, for the run to come

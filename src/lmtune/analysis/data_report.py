@@ -147,12 +147,17 @@ def _warnings(r: DataReport, records: list[dict] | None, opts) -> list[str]:
         out.append(f"{r.over_block_size} examples are longer than the block size "
                    f"({r.block_size} tokens, longest {r.length['max']}): they are cut across "
                    f"blocks and their later pieces lose the beginning")
-    if r.tokens_per_character > TOKENS_PER_CHAR_WARN:
+    extending = getattr(opts, "extend_tokenizer", None)  # measured with the extended one
+    if r.tokens_per_character > TOKENS_PER_CHAR_WARN and extending:
+        out.append(f"{r.tokens_per_character:.2f} tokens per character even with "
+                   f"--extend-tokenizer {extending}: add more pieces for this text")
+    elif r.tokens_per_character > TOKENS_PER_CHAR_WARN:
         out.append(f"{r.tokens_per_character:.2f} tokens per character: this tokenizer was not "
                    f"made for this text (English BPE needs about 0.25), so it costs several "
                    f"times more compute and context; a model whose tokenizer knows the "
-                   f"language trains faster, or teach this one its pieces: lmtune tokenizer "
-                   f"extend --corpus FILE --add 20000 --out DIR")
+                   f"language trains faster, or teach this one its pieces as it trains: "
+                   f"lmtune train DATA --extend-tokenizer 20000 (or lmtune tokenizer extend "
+                   f"--corpus FILE --add 20000 --out DIR)")
     if r.dropped_empty or r.dropped_missing:
         out.append(f"{r.dropped_empty + r.dropped_missing} of {r.records} records were skipped "
                    f"({r.dropped_empty} with an empty text, {r.dropped_missing} missing a "
