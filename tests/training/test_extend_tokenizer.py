@@ -59,9 +59,12 @@ def _rows(model):
 def test_train_extends_the_tokenizer_then_trains_on_it(name, corpus, home, tmp_path, request):
     from transformers import AutoTokenizer
     base = request.getfixturevalue(name)
+    said = []
     run = lmtune.train(str(corpus), model=str(base), out=str(tmp_path / "run"), method="full",
-                       extend_tokenizer=ADD, max_steps=3, lr=1e-3, **FAST)
+                       extend_tokenizer=ADD, max_steps=3, lr=1e-3, **FAST,
+                       on_event=lambda e, d: said.append(d.get("text", "")))
     ext = _extended(home)
+    assert f"tokenizer extended on zh.txt: {ADD} new pieces" in " ".join(said)
     n_base = len(AutoTokenizer.from_pretrained(base))
     tokenizer = AutoTokenizer.from_pretrained(run.final)
     assert len(tokenizer) == n_base + ADD == len(AutoTokenizer.from_pretrained(ext))

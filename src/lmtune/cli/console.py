@@ -126,8 +126,11 @@ class TrainConsole:
             self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f}, "
                      f"{reward_line(d)}")
             return
+        # bits per character: the one figure that compares runs on different tokenizers
+        bpc = f", {d['val_bits_per_char']:.3f} bits per character" \
+            if "val_bits_per_char" in d else ""
         self.say(f"step {d['step']}: validation loss {d['val_loss']:.4f} "
-                 f"(perplexity {d['val_ppl']:.2f})")
+                 f"(perplexity {d['val_ppl']:.2f}{bpc})")
 
     def on_sample(self, d: dict) -> None:
         text = (d["prompt"] + d["text"]).strip().replace("\n", "\n    ")

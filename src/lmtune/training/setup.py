@@ -109,7 +109,8 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
                  unwrapped=accelerator.unwrap_model(model), method=method,
                  optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                  device=device, precision=precision, fast=fast, start=start, changes=changes,
-                 threads=threads, warnings=[warning] if warning else [], params=params,
+                 threads=threads, params=params,
+                 warnings=[w for w in (warning, _extension_note(resolved, cfg)) if w],
                  warmup=EmbeddingWarmup(accelerator.unwrap_model(model), params,
                                         cfg.warmup_embeddings))
 
@@ -134,6 +135,15 @@ def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object
     data = task.prepare(cfg, tokenizer, context=context, n_layers=n_layers, world=world.size)
     world.local_main_first_end()
     return resolved, tokenizer, data
+
+
+def _extension_note(resolved: Resolved, cfg: TrainConfig) -> str | None:
+    ext = (resolved.info or {}).get("tokenizer_extension") if cfg.extend_tokenizer else None
+    if not ext:
+        return None
+    return (f"tokenizer extended on {Path(cfg.data).name}: {ext['added']:,} new pieces, "
+            f"{ext['chars_per_token_before']:.2f} -> {ext['chars_per_token_after']:.2f} "
+            f"characters per token (model kept in {resolved.path})")
 
 
 def base_name(spec: str) -> str:
