@@ -107,6 +107,10 @@ def test_lora_trains_the_new_rows_and_no_old_one_and_merges(tiny_llama, corpus, 
     zh = corpus.read_text(encoding="utf-8")[:4]
     sample = lmtune.generate(str(run.out), [zh], max_new_tokens=8, device="cpu")[0]
     assert sample.prompt == zh  # the adapter loads with its rows over the extended base
+    from lmtune.models.resolve import resolve
+    from lmtune.serving import registry
+    served = registry.load({"zh": resolve(str(run.out))}, device="cpu", dtype=torch.float32)
+    assert served["zh"].vocab == base.config.vocab_size  # what lmtune serve loads
     try:  # the LoRA run merged into one file, or refused with the reason
         got = lmtune.export(str(run.out), str(tmp_path / "m.gguf"), type="f32")
         assert got.out.is_file()

@@ -120,7 +120,9 @@ def _load_group(key: str, members: list[Served], *, device: str, dtype,
                                adapter_name=s.adapter)
     model.to(device).eval()
     group = Group(key, model, is_peft=bool(adapters), names=[s.name for s in members])
-    vocab = model.get_input_embeddings().num_embeddings
+    # The weight's rows, not num_embeddings: PEFT wraps the embedding of a run that trained
+    # new token rows (train --extend-tokenizer) in a module without that attribute.
+    vocab = model.get_input_embeddings().weight.shape[0]
     for s in members:
         s.group = group
         s.tokenizer = load_tokenizer(s.resolved, trust_remote_code)
