@@ -49,13 +49,20 @@ def served(tiny_gpt2, session_lines, tmp_path_factory):
             r = httpx.post(f"{url}/v1/files", data={"purpose": "fine-tune"},
                            files={"file": ("questions.jsonl", data)})
             assert r.status_code == 200, r.text
-            yield url, r.json()["id"]
+            pairs = "".join(json.dumps({"prompt": row["prompt"], "chosen": row["completion"],
+                                        "rejected": "I would rather not say."}) + "\n"
+                            for row in rows * 2)
+            p = httpx.post(f"{url}/v1/files", data={"purpose": "fine-tune"},
+                           files={"file": ("prefs.jsonl", pairs)})
+            assert p.status_code == 200, p.text
+            yield url, r.json()["id"], p.json()["id"]
 
 
-def views(file_id: str) -> dict[str, tuple[str, str]]:
+def views(file_id: str, pairs_id: str) -> dict[str, tuple[str, str]]:
     """Each view: its address and a selector that is there once it has drawn."""
     return {"runs": ("#/", "table.runs tbody tr"),
             "data": (f"#/data?file={file_id}", ".examples .tok"),
+            "data-pairs": (f"#/data?file={pairs_id}", ".pair .pair-row .tok"),
             "run": (f"#/run/run:{RUN}", ".chart[data-points] .uplot"),
             "new-job": ("#/new", "form.options button[type=submit]"),
             "playground": ("#/play", "form.play button.primary")}
@@ -63,10 +70,10 @@ def views(file_id: str) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_no_view_scrolls_sideways(served, open_page, size):
-    url, file_id = served
+    url, file_id, pairs_id = served
     width, height = SIZES[size]
     p = open_page(url, width=width, height=height)
-    for name, (route, ready) in views(file_id).items():
+    for name, (route, ready) in views(file_id, pairs_id).items():
         page = p.open(route)
         page.wait_for_selector(ready)
         if name == "run":
@@ -83,7 +90,7 @@ def focused(page) -> str:
 
 
 def test_keyboard_reaches_nav_skip_link_and_every_new_job_control(served, open_page):
-    url, _ = served
+    url, _, _ = served
     p = open_page(url)
     page = p.open("#/")
     page.wait_for_selector("table.runs tbody tr")
@@ -150,7 +157,7 @@ def test_keyboard_reaches_nav_skip_link_and_every_new_job_control(served, open_p
 
 
 def test_token_kinds_read_without_colour(served, open_page):
-    url, file_id = served
+    url, file_id, _ = served
     p = open_page(url)
     page = p.open(f"#/data?file={file_id}")
     page.wait_for_selector(".examples .tok")
@@ -179,3 +186,22 @@ def test_token_kinds_read_without_colour(served, open_page):
         return [s.fontWeight, s.fontStyle, s.borderTopStyle, s.borderBottomStyle].join(' ');
     })""")
     assert len(set(shapes)) == len(KINDS), shapes
+
+
+def test_preference_pairs_show_both_answers_and_lead_to_a_dpo_job(served, open_page):
+    url, _, pairs_id = served
+    p = open_page(url)
+    page = p.open(f"#/data?file={pairs_id}")
+    page.wait_for_selector(".pair .pair-row .tok")
+    first = page.locator(".pair").first
+    assert [x.inner_text() for x in first.locator(".pair-label").all()] == ["Chosen", "Rejected"]
+    rows = first.locator(".pair-row")
+    text = lambda i, kind: "".join(  # noqa: E731
+        rows.nth(i).locator(f".k-{kind}").all_inner_texts())
+    assert text(0, "target").strip() == "The cat sat on the mat."
+    assert text(1, "target").strip() == "I would rather not say."
+    assert text(0, "prompt").strip() == text(1, "prompt").strip() == "Where did the cat sit?"
+    facts = page.inner_text(".report .facts")
+    assert "Pairs" in facts and "12" in facts and "Chosen is the longer" in facts
+    assert "kind=dpo" in page.get_attribute("a.button.primary", "href")
+    assert page.locator("main .error").count() == 0

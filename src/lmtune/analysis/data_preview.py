@@ -10,6 +10,7 @@ valid text concatenate to the text itself. Texts are returned raw; the page esca
 from __future__ import annotations
 
 from lmtune.analysis.data_report import read_and_describe
+from lmtune.analysis.pair_report import is_pair_file, read_and_describe_pairs
 from lmtune.config.defaults import MAX_BLOCK
 from lmtune.data.tokenize import TokenizedDocs, eos_token_id, start_token_id
 
@@ -101,7 +102,11 @@ def data_preview(opts, tokenizer, *, model: str, n: int = 5, block_size: int | N
     """What `lmtune data inspect` reports of `opts.data` (arguments as for
     data_report.build_report), with its first `n` examples token by token, from one read
     of the file. Unpacked data (`opts.pack` False) shows the padding a batch of these
-    examples gets: up to the longest of them, at most a block."""
+    examples gets: up to the longest of them, at most a block. Preference pairs get
+    pair_report.pair_preview's answer ("format": "pairs")."""
+    if is_pair_file(opts):
+        return pair_preview(opts, tokenizer, model=model, n=n, block_size=block_size,
+                            context=context, max_tokens=max_tokens)
     report, examples, docs = read_and_describe(
         opts, tokenizer, model=model, block_size=block_size, parameters=parameters,
         context=context, split=split)
@@ -114,3 +119,16 @@ def data_preview(opts, tokenizer, *, model: str, n: int = 5, block_size: int | N
             "examples": preview_examples(docs, tokenizer, n=n, max_tokens=max_tokens,
                                          chat=chat, pad_to=pad_to),
             "format": "chat" if chat else "text", "packed": packed}
+
+
+def pair_preview(opts, tokenizer, *, model: str, n: int = 5, block_size: int | None = None,
+                 context: int = MAX_BLOCK, max_tokens: int = 400) -> dict:
+    """The pair report and the first `n` pairs token by token: each pair's prompt with its
+    chosen and with its rejected answer, the answers' tokens being the ones whose
+    log-probability counts ("target" and "end", as for a completion)."""
+    report, chosen, rejected = read_and_describe_pairs(opts, tokenizer, model=model,
+                                                       block_size=block_size, context=context)
+    shown = [preview_examples(docs, tokenizer, n=n, max_tokens=max_tokens, chat=report.chat)
+             for docs in (chosen, rejected)]
+    return {"report": report.to_dict(), "format": "pairs", "packed": False,
+            "examples": [{"chosen": c, "rejected": r} for c, r in zip(*shown)]}

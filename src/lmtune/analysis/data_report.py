@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lmtune.analysis.evaluate import run_config, with_run_data_options
+from lmtune.analysis.pair_report import is_pair_file, read_and_describe_pairs
 from lmtune.config import DEFAULT_MODEL, InspectConfig, TrainConfig, check_block_size, refuse
 from lmtune.config.defaults import MAX_BLOCK
 from lmtune.data.examples import Example, build_examples_with_stats, split_indices
@@ -202,8 +203,9 @@ def read_and_describe(opts, tokenizer, *, model: str, block_size: int | None,
     return report, examples, docs
 
 
-def inspect_data(cfg: InspectConfig) -> DataReport:
-    """The report for `cfg.data`, read with the data flags (or a run's own template)."""
+def inspect_data(cfg: InspectConfig):
+    """The report for `cfg.data`, read with the data flags (or a run's own template): a
+    DataReport, or a PairReport (analysis/pair_report.py) for preference pairs."""
     if not cfg.data:
         raise UserError("no data file given", hint="lmtune data inspect DATA [--model M]")
     spec = cfg.model or DEFAULT_MODEL
@@ -212,7 +214,13 @@ def inspect_data(cfg: InspectConfig) -> DataReport:
     context = context_length(peek_config(resolved, cfg.trust_remote_code))
     refuse(check_block_size(cfg.block_size, context))
     saved = run_config(spec) or TrainConfig()  # a run's own split and block, else train's
-    return build_report(with_run_data_options(cfg, spec), tokenizer, model=spec,
+    opts = with_run_data_options(cfg, spec)
+    if is_pair_file(opts):  # preference pairs get their own report
+        report, _, _ = read_and_describe_pairs(
+            opts, tokenizer, model=spec, block_size=cfg.block_size or saved.block_size,
+            context=context, parameters=parameter_count(resolved, cfg.trust_remote_code))
+        return report
+    return build_report(opts, tokenizer, model=spec,
                         block_size=cfg.block_size or saved.block_size, context=context,
                         split=(saved.val_split, saved.seed),
                         parameters=parameter_count(resolved, cfg.trust_remote_code))

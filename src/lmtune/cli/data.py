@@ -43,7 +43,35 @@ def cmd_inspect(cfg: InspectConfig) -> int:
     return 0
 
 
+def print_pair_report(r) -> None:
+    print(f"data: {r.data}: {r.pairs:,} preference pairs"
+          f"{' of chat messages' if r.chat else ''}")
+    size = f" ({short_count(r.parameters)} parameters)" if r.parameters else ""
+    print(f"tokens as a step sees them: {r.tokens:,} (tokenizer of {r.model}{size}; each "
+          f"sequence cut at {r.max_length})")
+    for name, n in (("prompt", r.prompt_tokens), ("chosen answer", r.chosen_tokens),
+                    ("rejected answer", r.rejected_tokens)):
+        print(f"{name + ' tokens:':<24} min {n['min']}, median {n['median']:g}, mean "
+              f"{n['mean']:g}, 95th percentile {n['p95']:g}, max {n['max']}")
+    print(f"the chosen answer is the longer in {100 * r.chosen_longer:.0f}% of pairs; the two "
+          f"answers share {100 * r.shared_prefix:.0f}% of the shorter's start on average")
+    print(f"cut at {r.max_length} tokens: {r.over_max_length}; no answer left: "
+          f"{r.no_answer_left}; both answers the same: {r.identical}; exact duplicates: "
+          f"{r.duplicates}")
+    print("first pair as the model sees it:")
+    for part in ("prompt", "chosen", "rejected"):
+        print(f"  {part}:")
+        print(textwrap.indent(r.rendered_pair[part] or "(none)", "    "))
+    if r.warnings:
+        print("warnings:")
+        for w in r.warnings:
+            print(textwrap.fill(w, 100, initial_indent="  - ", subsequent_indent="    "))
+
+
 def print_data_report(r) -> None:
+    if getattr(r, "kind", None) == "pairs":
+        print_pair_report(r)
+        return
     print(f"data: {r.data}: {r.examples:,} examples from {r.records:,} records")
     print(f"characters {r.characters:,}   tokens {r.tokens:,} as trained (each example gets a "
           f"start and an end token; {r.target_tokens:,} count in the loss)")

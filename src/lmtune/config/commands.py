@@ -11,6 +11,11 @@ from lmtune.config.fields import (ALLOW_PICKLE_HELP, THREADS_HELP, TRUST_REMOTE_
                                   opt)
 from lmtune.config.train import DataOptions
 
+CHOSEN_COLUMN_HELP = ("With preference pairs: the column that holds the preferred answer "
+                      "(default: the run's own, else chosen).")
+REJECTED_COLUMN_HELP = ("With preference pairs: the column that holds the other answer "
+                        "(default: the run's own, else rejected).")
+
 
 @dataclass
 class GenerateConfig:
@@ -234,12 +239,8 @@ class EvalConfig(DataOptions):
                                   "text (default: the run's own).", group="data")
     label_column: str | None = opt(None, "With a classification run: the column that holds "
                                    "the label (default: the run's own).", group="data")
-    chosen_column: str | None = opt(None, "With preference pairs: the column that holds the "
-                                    "preferred answer (default: the run's own, else chosen).",
-                                    group="data")
-    rejected_column: str | None = opt(None, "With preference pairs: the column that holds the "
-                                      "other answer (default: the run's own, else rejected).",
-                                      group="data")
+    chosen_column: str | None = opt(None, CHOSEN_COLUMN_HELP, group="data")
+    rejected_column: str | None = opt(None, REJECTED_COLUMN_HELP, group="data")
     device: str = opt("auto", "Device to run on.", choices=DEVICES, group="evaluation")
     threads: int | None = opt(None, THREADS_HELP, group="evaluation")
     precision: str = opt("auto", "Numeric precision (auto: as training picks it).",
@@ -315,6 +316,8 @@ class InspectConfig(DataOptions):
     block_size: int | None = opt(None, "Block size to check example lengths against (default: "
                                  f"the run's own, else min({MAX_BLOCK}, the model's context)).",
                                  group="data")
+    chosen_column: str | None = opt(None, CHOSEN_COLUMN_HELP, group="data")
+    rejected_column: str | None = opt(None, REJECTED_COLUMN_HELP, group="data")
     json: bool = opt(False, "Print one JSON object instead of the report.", group="output")
     trust_remote_code: bool = opt(False, TRUST_REMOTE_CODE_HELP, group="model")
 

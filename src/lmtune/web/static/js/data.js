@@ -15,15 +15,44 @@ export function legend() {
     Object.entries(KINDS).map(([k, text]) => h('li', {}, h('span', {class: `tok k-${k}`}, k), ' ', text)));
 }
 
-export function tokens(example) {
+function tokenLines(example) {
   const line = h('div', {class: 'tokens'});
   for (const t of example.tokens) {
     line.append(h('span', {class: `tok k-${t.kind}`, title: `${KINDS[t.kind] || t.kind} · id ${t.id}`},
                   t.text));
   }
   const more = example.truncated ? h('span', {class: 'muted'}, ` … (${example.n_tokens} tokens in all)`) : null;
-  return h('li', {}, line, more,
-           h('div', {class: 'muted small'}, `${example.n_tokens} tokens, ${example.target_tokens} learned`));
+  return [line, more, h('div', {class: 'muted small'}, `${example.n_tokens} tokens, ${example.target_tokens} learned`)];
+}
+
+export function tokens(example) {
+  return h('li', {}, tokenLines(example));
+}
+
+// A preference pair: the prompt with each answer, as the two rows of a step see them; the
+// answers' tokens are the ones whose log-probability is compared.
+function pairTokens(pair) {
+  const row = (name, example) => h('li', {class: 'pair-row'}, h('span', {class: 'pair-label'}, name),
+    h('div', {}, tokenLines(example)));
+  return h('li', {class: 'pair'}, h('ul', {class: 'examples'},
+    row('Chosen', pair.chosen), row('Rejected', pair.rejected)));
+}
+
+function pairReport(r) {
+  const facts = [
+    ['Pairs', num(r.pairs)], ['Tokens (prompt + each answer)', num(r.tokens)],
+    ['Median prompt (tokens)', num(r.prompt_tokens.median)],
+    ['Median chosen answer', num(r.chosen_tokens.median)],
+    ['Median rejected answer', num(r.rejected_tokens.median)],
+    ['Chosen is the longer', `${Math.round(100 * r.chosen_longer)}%`],
+    ['Cut at (tokens)', num(r.max_length)], ['Longer than that', num(r.over_max_length)],
+    ['No answer left', num(r.no_answer_left)], ['Same answers', num(r.identical)],
+    ['Duplicates', num(r.duplicates)],
+  ];
+  const dl = h('dl', {class: 'facts'}, facts.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  const warn = (r.warnings || []).length
+    ? h('ul', {class: 'warnings'}, r.warnings.map((w) => h('li', {}, h('strong', {}, 'Warning: '), w))) : null;
+  return h('div', {class: 'report'}, dl, warn);
 }
 
 function histogram(rows) {
@@ -37,6 +66,7 @@ function histogram(rows) {
 }
 
 export function report(r) {
+  if (r.kind === 'pairs') return pairReport(r);
   const facts = [
     ['Examples', num(r.examples)], ['Tokens', num(r.tokens)],
     ['Learned tokens', num(r.target_tokens)], ['Tokens per character', num(r.tokens_per_character, 3)],
@@ -114,9 +144,12 @@ export async function showData(main, params) {
     try {
       const result = await post(`/lmtune/files/${encodeURIComponent(chosen)}/preview`, body);
       if (mine !== latest) return;
+      const pairs = result.format === 'pairs';
+      if (pairs) { q.set('kind', 'dpo'); train.href = `#/new?${q}`; }
       clear(out, h('div', {class: 'grid2'},
-        section(`The first examples, as training sees them (${result.format})`, legend(),
-          h('ol', {class: 'examples'}, result.examples.map(tokens)),
+        section(pairs ? 'The first preference pairs, as training sees them'
+                      : `The first examples, as training sees them (${result.format})`, legend(),
+          h('ol', {class: 'examples'}, result.examples.map(pairs ? pairTokens : tokens)),
           result.packed ? h('p', {class: 'muted small'}, 'Examples are packed into blocks end to end, so no padding is added.') : null),
         section('What lmtune data inspect reports', report(result.report))));
     } catch (err) { if (mine === latest) clear(out, errorBox(err)); }
