@@ -111,6 +111,10 @@ def test_lora_trains_the_new_rows_and_no_old_one_and_merges(tiny_llama, corpus, 
     from lmtune.serving import registry
     served = registry.load({"zh": resolve(str(run.out))}, device="cpu", dtype=torch.float32)
     assert served["zh"].vocab == base.config.vocab_size  # what lmtune serve loads
+    diff = lmtune.diff(str(run.out))  # the new rows count as change, measured unmerged
+    rows = {t["name"]: t for t in diff.tensors}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert rows[name]["max_abs_diff"] > 0
     try:  # the LoRA run merged into one file, or refused with the reason
         got = lmtune.export(str(run.out), str(tmp_path / "m.gguf"), type="f32")
         assert got.out.is_file()
@@ -130,6 +134,7 @@ def test_lora_on_a_tied_embedding_keeps_it_tied(tiny_gpt2, corpus, home, tmp_pat
     assert head is None  # still one matrix
     old = base.get_input_embeddings().weight.detach()
     assert torch.equal(emb[:n], old[:n]) and not torch.equal(emb[n:], old[n:])
+    assert "transformer.wte.weight" in lmtune.diff(str(run.out)).changed
 
 
 def test_an_extended_lora_run_resumes_on_the_same_extended_model(tiny_llama, corpus, home,

@@ -120,6 +120,10 @@ def _lora_pairs(tuned_resolved, base_params: dict | None, trust_remote_code: boo
         elif isinstance(module, ModulesToSaveWrapper):
             for sub, p in module.modules_to_save[adapter].named_parameters():
                 tuned[f"{name}.{sub}"] = (lambda p=p, key=f"{name}.{sub}": p - own[key])
+        elif type(module).__name__ == "TrainableTokensWrapper" \
+                and not module.token_adapter.tied_adapter:  # a tied head's rows: the embedding's
+            tuned[name + ".weight"] = (lambda m=module.token_adapter, key=name + ".weight":
+                                       _token_rows_delta(m, adapter, own[key]))
     base = own if base_params is None else base_params
     for name, w in base.items():
         if name not in own or own[name].shape != w.shape:
@@ -134,6 +138,15 @@ def _lora_pairs(tuned_resolved, base_params: dict | None, trust_remote_code: boo
                 d = (offset - w) + (d if d is not None else 0)
             return d
         yield name, w, dw
+
+
+def _token_rows_delta(layer, adapter: str, w: torch.Tensor) -> torch.Tensor:
+    """dW of the rows PEFT's trainable tokens (an extended run's new rows) replace; zero
+    elsewhere."""
+    d = torch.zeros_like(w)
+    index = torch.tensor(layer.token_indices[adapter])
+    d[index] = layer.trainable_tokens_delta[adapter].detach().to(w.dtype) - w[index]
+    return d
 
 
 def _weight_pairs(base_params: dict, tuned_params: dict):
