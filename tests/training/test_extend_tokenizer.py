@@ -115,6 +115,8 @@ def test_lora_trains_the_new_rows_and_no_old_one_and_merges(tiny_llama, corpus, 
     rows = {t["name"]: t for t in diff.tensors}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert rows[name]["max_abs_diff"] > 0
+    with pytest.raises(UserError, match="new token rows"):  # the adapter alone cannot hold them
+        lmtune.export(str(run.out), str(tmp_path / "a.gguf"), format="gguf-lora")
     try:  # the LoRA run merged into one file, or refused with the reason
         got = lmtune.export(str(run.out), str(tmp_path / "m.gguf"), type="f32")
         assert got.out.is_file()

@@ -30,6 +30,10 @@ def _adapter_config(folder: Path) -> dict:
     if cfg.get("modules_to_save"):
         raise UserError("this adapter trains whole modules besides LoRA (modules_to_save)",
                         hint="export the merged model instead: lmtune export RUN --out M.gguf")
+    if cfg.get("trainable_token_indices"):
+        raise UserError("this adapter trains new token rows (train --extend-tokenizer), which "
+                        "a GGUF LoRA cannot hold",
+                        hint="export the merged model instead: lmtune export RUN --out M.gguf")
     return cfg
 
 
