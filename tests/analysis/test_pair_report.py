@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import assert_clean_error, run_cli
 
 from lmtune.analysis.data_preview import data_preview
 from lmtune.config import InspectConfig
 from lmtune.models.load import load_tokenizer
 from lmtune.models.resolve import resolve
-from tests.cli_helpers import assert_clean_error, run_cli
 
 
 @pytest.fixture

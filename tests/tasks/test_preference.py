@@ -7,6 +7,7 @@ preference."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -19,12 +20,15 @@ from cli_helpers import assert_clean_error, run_cli
 from tiny_models import save_folder
 
 import lmtune
+from lmtune.analysis.learned import did_it_learn
 from lmtune.config import TrainConfig
+from lmtune.data.examples import split_indices
 from lmtune.models import forward
 from lmtune.models.load import load_tokenizer
 from lmtune.models.resolve import resolve
 from lmtune.tasks.preference import reference
 from lmtune.tasks.preference.data import read_pairs, tokenize_pairs
+from lmtune.tasks.preference.evaluate import held_out_pairs
 from lmtune.tasks.preference.task import Preference
 from lmtune.training.methods import METHODS
 
@@ -373,6 +377,24 @@ def test_a_short_dpo_run_learns_the_preferred_style(tiny_gpt2, tmp_path):
     assert tuned["preference_accuracy"] > base["preference_accuracy"]
     assert tuned["logp_chosen"] - tuned["logp_rejected"] > base["logp_chosen"] - base[
         "logp_rejected"]
+    # The web page's "did it learn" asks the same of the same held-out pairs.
+    got = did_it_learn(run.out, device="cpu")
+    pref = got["preference"]
+    assert got["learning"] is None and got["note"] is None and got["forgetting"] is not None
+    assert (pref["split"], pref["pairs"]) == ("validation file", 20)
+    assert pref["tuned_accuracy"] == tuned["preference_accuracy"]
+    assert pref["base_accuracy"] == base["preference_accuracy"]
+    assert pref["tuned_margin"] > pref["base_margin"]
+
+
+def test_held_out_pairs_are_the_split_training_made(prefs):
+    cfg = TrainConfig(data=str(prefs), task="preference", val_split=0.25, seed=3)
+    pairs, split = held_out_pairs(cfg)
+    everything = read_pairs(str(prefs))
+    _, val_idx = split_indices(len(everything), 0.25, 3)
+    assert split == "validation split" and pairs == [everything[i] for i in val_idx]
+    pairs, split = held_out_pairs(dataclasses.replace(cfg, val_split=0.0))
+    assert split == "training data" and pairs == everything
 
 
 def test_the_command_line_and_the_report_show_the_rewards(tiny_gpt2, prefs, tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 from serve_helpers import running_server
 
 RUN = "lines-lora"
+PREF_RUN = "prefs-dpo"
 SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
 KINDS = ("start", "prompt", "turn", "target", "end", "pad")
 
@@ -42,6 +43,14 @@ def served(tiny_gpt2, session_lines, tmp_path_factory):
                  precision="fp32", device="cpu", seed=0)
     rows = [{"prompt": f"Where did the {a} sit?\n", "completion": f"The {a} sat on the {b}."}
             for a in ("cat", "dog", "bird") for b in ("mat", "park")]
+    prefs = tmp / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": " " + r["completion"],
+                                         "rejected": " I would rather not say."}) + "\n"
+                             for r in rows * 4))
+    lmtune.train(str(prefs), model=str(tiny_gpt2), out=str(runs / PREF_RUN), task="preference",
+                 method="lora", max_steps=12, lr=2e-2, log_every=4, eval_every=6,
+                 sample_every=12, sample_max_new_tokens=6, val_split=0.25, precision="fp32",
+                 device="cpu", seed=0)
     data = "".join(json.dumps(r) + "\n" for r in rows)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LMTUNE_HOME", str(tmp / "home"))
@@ -205,3 +214,18 @@ def test_preference_pairs_show_both_answers_and_lead_to_a_dpo_job(served, open_p
     assert "Pairs" in facts and "12" in facts and "Chosen is the longer" in facts
     assert "kind=dpo" in page.get_attribute("a.button.primary", "href")
     assert page.locator("main .error").count() == 0
+
+
+def test_did_it_learn_a_preference_run_reads_held_out_pairs(served, open_page):
+    url, _, _ = served
+    p = open_page(url)
+    page = p.open(f"#/run/run:{PREF_RUN}")
+    page.get_by_role("button", name="Measure").click()
+    page.wait_for_selector("text=Chosen answer preferred", timeout=120_000)
+    verdict = page.inner_text(".verdict")
+    assert "preference" in verdict and "held-out pairs" in verdict, verdict
+    assert "perplexity on this run's data" not in verdict  # no row of texts to misread
+    row = page.locator("tr", has_text="Chosen answer preferred")
+    assert "validation split, 6 pairs" in row.inner_text()
+    assert "General text" in page.inner_text("main")
+    p.shot("desktop-learned-preference")

@@ -2,7 +2,8 @@
 
   learning     perplexity of the base and the tuned model on the run's validation data (its
                validation file, else the validation split of its training data, made as
-               training made it), packed as training packed it
+               training made it), packed as training packed it; for a preference run instead
+               how often each prefers the chosen answer of the held-out pairs ("preference")
   forgetting   the same on general text: by default English prose that ships with Python
                itself (pydoc_data, the text of `help()`), so it is there offline on every
                machine; `reference` names a file instead
@@ -33,14 +34,17 @@ from lmtune.analysis.diff import block_of, diff
 from lmtune.analysis.evaluate import loss_on_docs, packing_for
 from lmtune.atomic import write_json
 from lmtune.config import DataOptions, TrainConfig
+from lmtune.config.defaults import PREFERENCE_MAX_LENGTH
 from lmtune.data.corpus import read_examples, token_splits
 from lmtune.data.examples import Example
 from lmtune.data.tokenize import tokenize_examples
 from lmtune.errors import UserError
+from lmtune.models.load import context_length
 from lmtune.run.folder import RunFolder
+from lmtune.tasks.preference.evaluate import held_out_pairs, preference_scores
 
 CACHE_FILE = "learned.json"  # also in run/folder.py's OWN_FILES, so --overwrite removes it
-CACHE_VERSION = 1            # bump when the measured figures change meaning
+CACHE_VERSION = 2            # bump when the measured figures change meaning (2: preference)
 REFERENCE_CHARS = 40_000     # about 10K tokens: seconds on a small model, stable to ~1%
 DEFAULT_REFERENCE = "Python's own documentation (pydoc_data.topics)"
 # One measurement at a time in a process: two page requests at once would otherwise hold four
@@ -175,6 +179,23 @@ def _learning(pair: ModelPair, packing: tuple[int, int, bool],
                  "it learned from: a lower perplexity there can be memorisation, not learning")
 
 
+def _preference(pair: ModelPair, cfg: TrainConfig) -> dict:
+    """A preference run's learning: base and tuned on its held-out pairs (tasks/preference/
+    evaluate.py), each reading them with its own tokenizer, cut where training cut them."""
+    pairs, split = held_out_pairs(cfg)
+    row = {"data": str(cfg.val_data or cfg.data), "split": split}
+    for which in ("base", "tuned"):
+        with pair.use(which) as (model, tokenizer):
+            # nullcontext: pair.use() has entered the autocast already.
+            context = context_length(model.config)
+            got = preference_scores(model, tokenizer, pairs, device=pair.device,
+                                    max_length=cfg.block_size or min(PREFERENCE_MAX_LENGTH,
+                                                                     context))
+        row.update({"pairs": got["pairs"], f"{which}_accuracy": got["accuracy"],
+                    f"{which}_margin": got["margin"]})
+    return row
+
+
 def _weights(base: str, run: RunFolder, trust_remote_code: bool, allow_pickle: bool) -> dict:
     """diff.py's figures, each tensor also with its block's module name for the heat map
     (block x module -> relative change); tensors outside blocks have block None."""
@@ -260,7 +281,11 @@ def _measure(run: RunFolder, cfg: TrainConfig, base: str, reference, *, device: 
     # Both models share the architecture, so one block size serves both. (Each reading of
     # config.yaml costs about 0.2 s.)
     packing = packing_for(spec, pair.models["tuned"][0].config, None, None)
-    learning, note = _learning(pair, packing, cfg)
+    preference = None
+    if cfg.task == "preference":  # its data is pairs: learning is preferring the chosen answer
+        preference, learning, note = _preference(pair, cfg), None, None
+    else:
+        learning, note = _learning(pair, packing, cfg)
     forgetting = _perplexity_row(pair, packing, lambda tok: tokenize_examples(examples, tok),
                                  data=str(reference) if reference else DEFAULT_REFERENCE,
                                  role="reference")
@@ -269,6 +294,6 @@ def _measure(run: RunFolder, cfg: TrainConfig, base: str, reference, *, device: 
     del pair
     gc.collect()
     return _finite({"run": spec, "base_model": base, "method": cfg.method,
-                    "learning": learning, "forgetting": forgetting,
+                    "learning": learning, "preference": preference, "forgetting": forgetting,
                     "weights": _weights(base, run, trust_remote_code, allow_pickle),
                     "note": note})

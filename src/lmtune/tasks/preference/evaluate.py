@@ -21,6 +21,7 @@ import torch
 
 from lmtune.config.defaults import PREFERENCE_MAX_LENGTH
 from lmtune.data.chat_tokens import use_chat_template
+from lmtune.data.examples import split_indices
 from lmtune.device import pick_device, pick_precision, torch_dtype
 from lmtune.errors import UserError
 from lmtune.models.load import context_length, load, load_tokenizer, peek_config
@@ -54,7 +55,7 @@ def evaluate_preferences(spec: str, data: str, *, prompt_template: str | None = 
         use_chat_template(tokenizer)
     context = context_length(peek_config(resolved, trust_remote_code))
     max_length = block_size or (own and own.block_size) or min(PREFERENCE_MAX_LENGTH, context)
-    dataset = _dataset(pairs, tokenizer, max_length, str(data))
+    dataset = pair_dataset(pairs, tokenizer, max_length, str(data))
     batch = batch_size or (own and own.batch_size) or EVAL_PAIRS_PER_BATCH
     dev = pick_device(device)
     prec = pick_precision(saved.precision if precision == "auto" and saved else precision, dev)
@@ -74,7 +75,38 @@ def evaluate_preferences(spec: str, data: str, *, prompt_template: str | None = 
     return {**result, **_rewards(info, sums, counts, ref)}
 
 
-def _dataset(pairs, tokenizer, max_length: int, source: str) -> PairDataset:
+def held_out_pairs(cfg) -> tuple[list, str]:
+    """A preference run's held-out pairs, read as the run read them: its validation file, else
+    the validation split training made ((val_split, seed) over the file's pairs), else (no
+    validation) its training pairs; and which of the three it is."""
+    def read(path: str):
+        return read_pairs(path, fmt=cfg.format, encoding=cfg.encoding,
+                          prompt_template=cfg.prompt_template, chosen_column=cfg.chosen_column,
+                          rejected_column=cfg.rejected_column)
+
+    if cfg.val_data:
+        return read(cfg.val_data), "validation file"
+    pairs = read(cfg.data)
+    _, val_idx = split_indices(len(pairs), cfg.val_split, cfg.seed)
+    if len(val_idx):
+        return [pairs[i] for i in val_idx], "validation split"
+    return pairs, "training data"
+
+
+def preference_scores(model, tokenizer, pairs: list, *, max_length: int, device,
+                      autocast=None, batch_size: int = EVAL_PAIRS_PER_BATCH) -> dict:
+    """How often `model` finds the chosen answer of `pairs` more likely than the rejected one,
+    and its mean log-probability margin (chosen - rejected, summed over answer tokens)."""
+    if pairs and pairs[0].turns:
+        use_chat_template(tokenizer)
+    dataset = pair_dataset(pairs, tokenizer, max_length, "the pairs")
+    sums, _ = pair_logps(model, dataset, batch_size, device, autocast, "evaluating")
+    return {"pairs": len(dataset),
+            "accuracy": round(float((sums[:, 0] > sums[:, 1]).mean()), 4),
+            "margin": round(float((sums[:, 0] - sums[:, 1]).mean()), 4)}
+
+
+def pair_dataset(pairs, tokenizer, max_length: int, source: str) -> PairDataset:
     chosen, rejected = tokenize_pairs(pairs, tokenizer)
     kept = np.flatnonzero((answer_tokens(chosen, max_length) > 0)
                           & (answer_tokens(rejected, max_length) > 0))

@@ -77,9 +77,27 @@ function heatMap(layers) {
   return h('div', {class: 'scroll'}, table);
 }
 
+function preferenceTable(p) {
+  const pct = (v) => `${(100 * v).toFixed(1)}%`;
+  return h('table', {}, h('thead', {}, h('tr', {}, ['Held-out pairs', 'Base', 'Tuned', 'What it shows'].map((t) => h('th', {scope: 'col'}, t)))),
+    h('tbody', {},
+      h('tr', {}, h('td', {}, `Chosen answer preferred (${p.split}, ${p.pairs} pairs)`), h('td', {class: 'num'}, pct(p.base_accuracy)),
+        h('td', {class: 'num'}, pct(p.tuned_accuracy)), h('td', {}, 'learning: higher after tuning means it learned the preference')),
+      h('tr', {}, h('td', {}, 'Log-probability margin, chosen minus rejected'), h('td', {class: 'num'}, num(p.base_margin)),
+        h('td', {class: 'num'}, num(p.tuned_margin)), h('td', {}, 'how strongly: the mean over the pairs, in nats'))));
+}
+
 function verdict(r) {
-  const [learn, general] = r.perplexity_rows;
+  const learn = r.perplexity_rows.find((row) => row.role === 'learning');
+  const general = r.perplexity_rows.find((row) => row.role === 'forgetting');
   const out = [];
+  const p = r.preference;
+  if (p) {
+    const gained = p.tuned_accuracy - p.base_accuracy;
+    out.push(gained > 0.05 || (p.tuned_margin > p.base_margin + 0.5 && p.tuned_accuracy >= p.base_accuracy)
+      ? `It learned the preference: on ${p.pairs} held-out pairs it prefers the chosen answer ${Math.round(100 * p.tuned_accuracy)}% of the time (the base ${Math.round(100 * p.base_accuracy)}%), by a log-probability margin of ${num(p.tuned_margin, 3)} (the base ${num(p.base_margin, 3)}).`
+      : `Little sign of learning the preference: ${Math.round(100 * p.tuned_accuracy)}% of held-out pairs against the base's ${Math.round(100 * p.base_accuracy)}% (train longer, raise the learning rate or beta, or check the pairs with lmtune data inspect).`);
+  }
   if (learn && learn.base && learn.tuned) {
     const fell = 1 - learn.tuned / learn.base;
     out.push(fell > 0.05 ? `It learned: perplexity on this run's data fell ${Math.round(100 * fell)}%.`
@@ -99,6 +117,7 @@ export function renderLearned(r) {
   return h('div', {},
     verdict(r),
     r.note ? h('p', {class: 'muted'}, r.note) : null,
+    r.preference ? preferenceTable(r.preference) : null,
     perplexityTable(r.perplexity_rows || []),
     h('h3', {}, 'Where the weights changed'), heatMap(r.heat || []),
     h('h3', {}, 'Memorisation'),
@@ -115,7 +134,7 @@ export function learnedCard(id) {
     catch (err) { clear(out, errorBox(err)); }
     button.disabled = false;
   });
-  return section('Did it learn?', h('p', {}, 'Perplexity of base and tuned on the validation data (learning) and on general English text (forgetting), where the weights moved, and how much of the samples was copied from the training data.'),
+  return section('Did it learn?', h('p', {}, 'Base against tuned on the run\'s held-out data (learning: perplexity, or for preference pairs how often the chosen answer is preferred) and on general English text (forgetting), where the weights moved, and how much of the samples was copied from the training data.'),
     button, out);
 }
 
@@ -123,12 +142,12 @@ export function learnedCard(id) {
 export function adapt(r) {
   const rows = [];
   if (r.learning) {
-    rows.push({label: `This run's data (${r.learning.split}, ${r.learning.examples} examples)`,
+    rows.push({role: 'learning', label: `This run's data (${r.learning.split}, ${r.learning.examples} examples)`,
                base: r.learning.base_perplexity, tuned: r.learning.tuned_perplexity,
                meaning: 'learning: lower after tuning means it learned the data'});
   }
   if (r.forgetting) {
-    rows.push({label: `General text: ${r.forgetting.data}`,
+    rows.push({role: 'forgetting', label: `General text: ${r.forgetting.data}`,
                base: r.forgetting.base_perplexity, tuned: r.forgetting.tuned_perplexity,
                meaning: 'forgetting: much higher after tuning means it lost general language'});
   }
@@ -138,6 +157,6 @@ export function adapt(r) {
   const m = r.memorization;
   const memorization = m && m.samples ? `At step ${m.step}: ${m.samples} samples, ${m.verbatim_samples || 0} of them a whole training example word for word; ` +
     `longest run copied from the training data ${m.max_copied_tokens} tokens (mean ${m.mean_copied_tokens}).` : null;
-  return {note: r.note, perplexity_rows: rows, heat, memorization, method: r.method,
+  return {note: r.note, perplexity_rows: rows, heat, memorization, method: r.method, preference: r.preference,
           verbatim: m ? m.verbatim_samples || 0 : 0};
 }
