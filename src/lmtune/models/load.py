@@ -155,6 +155,18 @@ def num_layers(model) -> int:
     return n
 
 
+def checkpoint_layers(model) -> None:
+    """Activation checkpointing (--gradient-checkpointing): each decoder layer keeps its input
+    and runs again in the backward pass. Non-reentrant (torch.utils.checkpoint's
+    use_reentrant=False), so a frozen base under LoRA needs no gradient on its inputs, and the
+    layer's random state is replayed: dropout draws the same mask twice."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(base).__name__} cannot recompute its layers "
+                        f"(--gradient-checkpointing)", hint="train without it")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def parameter_count(resolved: Resolved, trust_remote_code: bool = False) -> int:
     """What `model.parameters()` counts once the model loads (tied weights once, buffers not
     at all), from its config alone: the model is built on the meta device and no weight is

@@ -20,7 +20,8 @@ from lmtune.device import (pick_device, pick_precision, precision_warning, set_t
 from lmtune.distributed import World, seed_ranks
 from lmtune.errors import UserError
 from lmtune.fast import speedups
-from lmtune.models.load import config_layers, context_length, load_tokenizer, peek_config
+from lmtune.models.load import (checkpoint_layers, config_layers, context_length,
+                                 load_tokenizer, peek_config)
 from lmtune.models.resolve import Resolved, resolve
 from lmtune.run.artifact import run_info
 from lmtune.run.checkpoint import read_state
@@ -88,6 +89,8 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
     if start is not None:
         method.restore(model, start / "model")
     model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        checkpoint_layers(model)
     method.for_precision(model, None if precision == "fp32" else torch_dtype(precision))
     fast = speedups(model, device=device, block_size=data.plan.block_size,
                     one_process=world.size == 1)
