@@ -16,7 +16,8 @@ preference default for LoRA, 5e-4), linear schedule without warmup, AdamW, gradi
 at 1.0, no weight decay, fp32, seed 0, the same pairs per step, steps and maximum length:
   TRL     trl.DPOTrainer with a peft LoraConfig, otherwise DPOConfig's defaults (so
           gradient checkpointing on, as TRL 1.x ships it; precompute_ref_log_probs off);
-  lmtune  lmtune.train(task="preference", loss="dpo", method="lora").
+  lmtune  lmtune.train(task="preference", loss="dpo", method="lora"), with
+          --gradient-checkpointing as TRL has it (--lmtune-checkpointing off: without).
 Measured for each: training time (from the first step to the last, excluding loading,
 tokenizing and saving), tokens/s = the pairs' prompt+answer tokens of both answers (one
 shared tokenization, so the count is the same for both) / that time, and peak RSS. Then one
@@ -143,7 +144,8 @@ def run_lmtune(spec: dict) -> dict:
                           batch_size=spec["batch"], max_steps=spec["steps"],
                           block_size=spec["max_length"], val_split=0, precision="fp32",
                           sample_every=0, eval_every=10**9, save_every=10**9, log_every=1,
-                          seed=SEED, out=spec["out"], on_event=on_event)
+                          seed=SEED, out=spec["out"], on_event=on_event,
+                          gradient_checkpointing=spec.get("checkpointing", True))
     for line in (result.out / "metrics.jsonl").open():
         rec = json.loads(line)
         if "threads" in rec:
@@ -217,6 +219,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128,
                     help="most tokens of a prompt with its answer")
     ap.add_argument("--order", default="trl,lmtune", help="which contender runs first")
+    ap.add_argument("--lmtune-checkpointing", choices=("on", "off"), default="on",
+                    help="lmtune's --gradient-checkpointing (on: as TRL's DPOConfig default)")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -250,7 +254,8 @@ def main() -> None:
               f"max length {args.max_length}, fp32", flush=True)
         for kind in args.order.split(","):
             spec = {"kind": kind, "model": model, "train": files["train"], "out": f"{tmp}/{kind}",
-                    "steps": args.steps, "batch": args.batch, "max_length": args.max_length}
+                    "steps": args.steps, "batch": args.batch, "max_length": args.max_length,
+                    "checkpointing": args.lmtune_checkpointing == "on"}
             r = child(spec)
             r["tokens_per_s"] = per_pair * args.batch * r["steps"] / r["seconds"]
             r.update(child({"kind": "eval", "model": model, "adapter": r["final"],
