@@ -62,22 +62,24 @@ def _stats(values: np.ndarray) -> dict:
             "p95": round(float(np.percentile(values, 95)), 2), "max": int(values.max())}
 
 
-def _answers(docs: TokenizedDocs, max_length: int) -> list[tuple[int, ...]]:
-    """Each sequence's answer tokens (and end token) that survive the cut at max_length."""
-    out = []
-    for a, n in zip(docs.starts, docs.lengths):
-        a, end = int(a), int(a + min(int(n), max_length))
-        ids, mask = docs.ids[a:end], docs.loss_mask[a:end]
-        out.append(tuple(int(t) for t, m in zip(ids, mask) if m))
-    return out
+def _answers(docs: TokenizedDocs, max_length: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """(each sequence's answer tokens, end token included, that survive the cut at
+    max_length; each sequence's prompt length: the tokens before its first answer token)."""
+    out, prompts = [], np.zeros(len(docs.lengths), dtype=np.int64)
+    for i, (a, n) in enumerate(zip(docs.starts, docs.lengths)):
+        a, n = int(a), int(n)
+        mask = np.asarray(docs.loss_mask[a:a + n], dtype=bool)
+        prompts[i] = int(mask.argmax()) if mask.any() else n
+        out.append(np.asarray(docs.ids[a:a + min(n, max_length)])[mask[:max_length]])
+    return out, prompts
 
 
-def _prefix_share(a: tuple, b: tuple) -> float:
+def _prefix_share(a: np.ndarray, b: np.ndarray) -> float:
     shorter = min(len(a), len(b))
     if not shorter:
         return 0.0
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), shorter)
-    return same / shorter
+    differ = np.flatnonzero(a[:shorter] != b[:shorter])
+    return (int(differ[0]) if len(differ) else shorter) / shorter
 
 
 def describe_pairs(pairs: list[Pair], chosen: TokenizedDocs, rejected: TokenizedDocs, tokenizer,
@@ -85,8 +87,8 @@ def describe_pairs(pairs: list[Pair], chosen: TokenizedDocs, rejected: Tokenized
                    parameters: int | None = None) -> PairReport:
     whole = 1 << 62  # no cut: every answer token
     answer_c, answer_r = answer_tokens(chosen, whole), answer_tokens(rejected, whole)
-    prompts = np.asarray(chosen.lengths) - answer_c
-    kept_c, kept_r = _answers(chosen, max_length), _answers(rejected, max_length)
+    (kept_c, prompts), (kept_r, _) = _answers(chosen, max_length), _answers(rejected,
+                                                                              max_length)
     longer = np.sign(answer_c - answer_r)
     unequal = int((longer != 0).sum())
     seen, duplicates = set(), 0
@@ -105,8 +107,9 @@ def describe_pairs(pairs: list[Pair], chosen: TokenizedDocs, rejected: Tokenized
         data=data, model=model, pairs=len(pairs), chat=bool(pairs[0].turns),
         max_length=max_length, prompt_tokens=_stats(prompts), chosen_tokens=_stats(answer_c),
         rejected_tokens=_stats(answer_r), over_max_length=int(cut.sum()),
-        no_answer_left=sum(1 for c, r in zip(kept_c, kept_r) if not c or not r),
-        identical=sum(1 for c, r in zip(kept_c, kept_r) if c and c == r),
+        no_answer_left=sum(1 for c, r in zip(kept_c, kept_r) if not len(c) or not len(r)),
+        identical=sum(1 for c, r in zip(kept_c, kept_r)
+                      if len(c) and len(c) == len(r) and (c == r).all()),
         duplicates=duplicates,
         chosen_longer=round(float((longer > 0).sum() / unequal), 4) if unequal else 0.5,
         shared_prefix=round(float(np.mean([_prefix_share(c, r)
