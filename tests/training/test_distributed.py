@@ -265,3 +265,35 @@ def test_resume_hint_names_the_launcher_the_run_needs(monkeypatch):
                                    "--resume --out r")
     monkeypatch.setenv(RESULT_ENV, "/tmp/x")  # a --devices run relaunches itself
     assert resume_command("r") == "lmtune train --resume --out r"
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_preference_on_two_processes_trains_like_one(setup, method, tmp_path, monkeypatch):
+    """DPO pairs sharded over two ranks (batch 2 each) against one process (batch 4): the
+    same losses and rewards each step, and the same final weights. With full the reference
+    log-probabilities are cached first (each rank finds the same cache), with LoRA they are
+    the adapter switched off."""
+    rows = [{"prompt": f"question {i % 5} answer", "chosen": " the cat sat on the mat",
+             "rejected": " he did not get arrays" if i % 2 else " engines weave patterns"}
+            for i in range(24)]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = {**{k: v for k, v in SAME.items() if k != "split_on"}, "task": "preference",
+            "method": method, "model": str(setup["model"]),
+            "max_steps": 4, "lr": 1e-3 if method == "full" else 1e-2, "eval_every": 4,
+            "sample_every": 0, "val_split": 0.25}
+    env = dict(setup["env"], LMTUNE_HOME=str(tmp_path / "home"))
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home-one"))
+    one = lmtune.train(str(data), out=str(tmp_path / "one"), batch_size=4, **opts).out
+    two = tmp_path / "two"
+    _torchrun(data, {**opts, "batch_size": 2, "out": two}, env)
+    _assert_same_losses(one, two, tol=1e-5)
+    rewards = lambda out: [r["reward_accuracy"] for r in _records(out)  # noqa: E731
+                           if "reward_accuracy" in r]
+    assert rewards(one) == pytest.approx(rewards(two), abs=1e-6) and rewards(one)
+    assert [s for s, _ in _val(one)] == [s for s, _ in _val(two)] == [4]
+    assert [v for _, v in _val(one)] == pytest.approx([v for _, v in _val(two)], abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    wa, wb = (load_file(out / "final" / name) for out in (one, two))
+    assert wa.keys() == wb.keys() and max(
+        (wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
