@@ -267,17 +267,19 @@ def test_resume_hint_names_the_launcher_the_run_needs(monkeypatch):
     assert resume_command("r") == "lmtune train --resume --out r"
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "fsdp"])
 def test_preference_on_two_processes_trains_like_one(setup, method, tmp_path, monkeypatch):
     """DPO pairs sharded over two ranks (batch 2 each) against one process (batch 4): the
     same losses and rewards each step, and the same final weights. With full the reference
     log-probabilities are cached first (each rank finds the same cache), with LoRA they are
-    the adapter switched off."""
+    the adapter switched off; under FSDP (full, sharded) the same cache serves."""
     rows = [{"prompt": f"question {i % 5} answer", "chosen": " the cat sat on the mat",
              "rejected": " he did not get arrays" if i % 2 else " engines weave patterns"}
             for i in range(24)]
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fsdp = method == "fsdp"
+    method = "full" if fsdp else method
     opts = {**{k: v for k, v in SAME.items() if k != "split_on"}, "task": "preference",
             "method": method, "model": str(setup["model"]),
             "max_steps": 4, "lr": 1e-3 if method == "full" else 1e-2, "eval_every": 4,
@@ -286,7 +288,8 @@ def test_preference_on_two_processes_trains_like_one(setup, method, tmp_path, mo
     monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home-one"))
     one = lmtune.train(str(data), out=str(tmp_path / "one"), batch_size=4, **opts).out
     two = tmp_path / "two"
-    _torchrun(data, {**opts, "batch_size": 2, "out": two}, env)
+    _torchrun(data, {**opts, "batch_size": 2, "out": two, **({"fsdp": True} if fsdp else {})},
+              env)
     _assert_same_losses(one, two, tol=1e-5)
     rewards = lambda out: [r["reward_accuracy"] for r in _records(out)  # noqa: E731
                            if "reward_accuracy" in r]
