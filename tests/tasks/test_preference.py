@@ -429,3 +429,6 @@ def test_dry_run_plans_pairs_and_writes_nothing(tiny_gpt2, prefs, tmp_path, caps
     assert code == 0, err
     assert "pairs per batch (cut at 256 tokens)" in out and "dry run: nothing" in out
     assert not (tmp_path / "run").exists()
+    # The pairs are reported as data inspect reports them, cut where the plan cuts them.
+    assert "24 preference pairs" in out and "cut at 256 tokens: 0" in out
+    assert "chosen answer tokens:" in out

@@ -17,6 +17,7 @@ from itertools import islice
 import torch
 
 from lmtune.analysis.data_report import DataReport, build_report
+from lmtune.analysis.pair_report import PairReport, read_and_describe_pairs
 from lmtune.progress import iterate
 from lmtune.training import step as step_module
 from lmtune.training.methods import count_parameters
@@ -29,7 +30,7 @@ FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of forward + backwar
 
 @dataclass
 class DryRunResult:
-    data: DataReport | None  # None for --task classify
+    data: DataReport | PairReport | None  # pairs for --task preference; None for classify
     plan: dict
     device: str
     precision: str
@@ -81,11 +82,17 @@ def time_steps(setup, steps: int = BURST_STEPS, budget: float = BURST_SECONDS) -
 def dry_run(setup) -> DryRunResult:
     """Called by train() once everything is set up as for training, inside the same
     speed-ups; the model is trained a few steps in memory and thrown away. The data report
-    covers language-model data (--task generate)."""
+    covers language-model data (--task generate) and preference pairs (the pair report)."""
     cfg, plan, val_set = setup.cfg, setup.plan, setup.data.val_set
     _, total = count_parameters(setup.unwrapped)  # the model's own, as data inspect counts
-    report = (build_report(cfg, setup.tokenizer, model=cfg.model, block_size=plan.block_size,
-                           parameters=total) if setup.task.name == "generate" else None)
+    report = None
+    if setup.task.name == "generate":
+        report = build_report(cfg, setup.tokenizer, model=cfg.model,
+                              block_size=plan.block_size, parameters=total)
+    elif setup.task.name == "preference":
+        report, _, _ = read_and_describe_pairs(cfg, setup.tokenizer, model=cfg.model,
+                                               block_size=plan.block_size,
+                                               context=plan.block_size, parameters=total)
     times = time_steps(setup)
     per_step = statistics.median(times)
     val_docs = getattr(val_set, "docs", None)
