@@ -64,10 +64,12 @@ def train_step(setup, micro: list, step: int | None = None) -> StepResult:
     # One host sync per step: a non-finite gradient must skip the update, never reach the
     # weights (and so never a checkpoint).
     grad_norm = optim.clip_gradients(accelerator, setup.params,
-                                     setup.cfg.grad_clip or float("inf"), sharded=world.fsdp)
+                                     setup.cfg.grad_clip or float("inf"), sharded=world.fsdp,
+                                     optimizer=setup.optimizer)
     skipped = not math.isfinite(grad_norm)
     if not skipped:
         setup.optimizer.step()
+    optim.unfold_clip(setup.optimizer)
     setup.optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=step_loss * share, n_targets=n_targets, n_tokens=n_tokens,
                       grad_norm=grad_norm, skipped=skipped, stats=step_stats)
