@@ -27,3 +27,24 @@ def test_a_cpu_without_native_bf16_reports_no_bf16_peak_instead_of_timing_the_em
     assert peak_flops("cpu", "bf16") is None
     assert time.perf_counter() - t0 < 0.5
     peak_flops.cache_clear()
+
+
+def test_the_cpu_peak_is_timed_on_one_thread_and_scaled_to_the_threads(monkeypatch):
+    """A thread team timed beside other processes spins against them (a peak 37x low was
+    seen, and MFU above 1): one thread is timed, and the count training uses restored."""
+    seen = []
+    original = torch.matmul
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return original(*a, **k)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: spy(a, b))
+    peak_flops.cache_clear()
+    one = peak_flops("cpu", "fp32")
+    peak_flops.cache_clear()
+    assert seen and set(seen) == {1} and torch.get_num_threads() == threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3 * threads)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    assert peak_flops("cpu", "fp32") > 2 * one  # three times as many threads, less noise
+    peak_flops.cache_clear()

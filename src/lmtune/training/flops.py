@@ -3,9 +3,9 @@
 FLOPs per trained token: 6N for full fine-tuning (forward 2N, backward 4N) and about 4N when
 the base weights are frozen (LoRA, freeze: no weight gradients for most of N), N = parameters.
 The peak is looked up for known GPUs (dense bf16 tensor-core figures from the vendors' data
-sheets) and measured on CPUs with a short matmul burst (about 0.15 s, once per process, sized
-from a first small timing); a CPU that only emulates bf16 reports no bf16 peak (the figure
-would measure the emulation), so bf16 runs there log no MFU.
+sheets) and measured on CPUs with a short matmul burst on one thread (about 0.15 s, once per
+process, sized from a first small timing), times the threads; a CPU that only emulates bf16
+reports no bf16 peak (the figure would measure the emulation), so bf16 runs there log no MFU.
 """
 
 from __future__ import annotations
@@ -43,21 +43,36 @@ def peak_flops(device: str, precision: str) -> float | None:
         # before the first step, and the figure would measure the emulation, not the machine.
         return None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # Sized from a first small timing so the burst stays near BUDGET_S on any CPU: five
-    # 2048^3 matmuls took a second on a 2-core AVX2 EPYC in fp32, a few ms on a large server.
+    # Timed on one thread, then times the threads training uses. A team of threads timed
+    # while other processes hold the cores spins against them (OpenMP's wait policy): such a
+    # peak came out 50x low on a busy 2-core EPYC, and MFU read 15 (1,500%). One thread has no
+    # team to wait for, and the fastest of its matmuls is the one least disturbed. On a big
+    # server this reads a little high (one core's clock and cache to itself), so MFU a little
+    # low.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _one_thread_peak(dtype) * threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _one_thread_peak(dtype) -> float:
+    # Sized from a first small timing so the burst stays near BUDGET_S on any CPU.
     gen = torch.Generator().manual_seed(0)
-    n = 256
+    n = 128
     a = torch.randn(n, n, generator=gen).to(dtype)
     a @ a
     t0 = time.perf_counter()
     a @ a
     rate = 2 * n**3 / max(time.perf_counter() - t0, 1e-9)
-    while n < 2048 and 2 * (2 * n) ** 3 * 3 / rate < BUDGET_S:
+    while n < 1024 and 2 * (2 * n) ** 3 * 3 / rate < BUDGET_S:
         n *= 2  # bigger matmuls run nearer the peak; three of them must fit the budget
     a = torch.randn(n, n, generator=gen).to(dtype)
     a @ a
-    reps = max(1, min(5, int(BUDGET_S * rate / (2 * n**3))))
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    best = float("inf")
+    for _ in range(max(1, min(5, int(BUDGET_S * rate / (2 * n**3))))):
+        t0 = time.perf_counter()
         a @ a
-    return reps * 2 * n**3 / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / max(best, 1e-9)
