@@ -185,10 +185,18 @@ def child(spec: dict) -> dict:
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC})
     out = proc.stdout.read().decode().strip().splitlines()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
+    if proc.wait() != 0:
         raise SystemExit(f"{spec['name']} failed")
-    return {**json.loads(out[-1]), "peak_rss_gb": usage.ru_maxrss / 2**20}
+    return json.loads(out[-1])
+
+
+def own_peak_gb() -> float:
+    """This process's peak RSS (VmHWM), measured by the child itself: a parent's wait4
+    ru_maxrss includes the parent's own RSS at the fork (Linux carries it across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def matmul_peak(dtype_name: str) -> float:
@@ -220,7 +228,8 @@ def main() -> None:
         if spec["kind"] == "eval":
             print(json.dumps({"val_loss": evaluate(spec["final"], spec["val"])}))
         else:
-            print(json.dumps((run_hf if spec["kind"] == "hf" else run_lmtune)(spec)))
+            print(json.dumps({**(run_hf if spec["kind"] == "hf" else run_lmtune)(spec),
+                              "peak_rss_gb": own_peak_gb()}))
         return
     import torch
 
