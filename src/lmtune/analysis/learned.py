@@ -179,21 +179,26 @@ def _learning(pair: ModelPair, packing: tuple[int, int, bool],
                  "it learned from: a lower perplexity there can be memorisation, not learning")
 
 
-def _preference(pair: ModelPair, cfg: TrainConfig) -> dict:
+def _preference(pair: ModelPair, cfg: TrainConfig) -> tuple[dict | None, str | None]:
     """A preference run's learning: base and tuned on its held-out pairs (tasks/preference/
-    evaluate.py), each reading them with its own tokenizer, cut where training cut them."""
-    pairs, split = held_out_pairs(cfg)
+    evaluate.py), each reading them with its own tokenizer, cut where training cut them, in
+    fp32 (pair_logps without an autocast turns off the one pair.use() entered); and a note
+    when the pairs could not be read again."""
+    try:
+        pairs, split = held_out_pairs(cfg)
+    except UserError as e:  # the data moved or went: the other answers still stand
+        return None, (f"the run's pairs could not be read again ({e.message}), so learning is "
+                      f"not measured")
     row = {"data": str(cfg.val_data or cfg.data), "split": split}
     for which in ("base", "tuned"):
         with pair.use(which) as (model, tokenizer):
-            # nullcontext: pair.use() has entered the autocast already.
             context = context_length(model.config)
             got = preference_scores(model, tokenizer, pairs, device=pair.device,
                                     max_length=cfg.block_size or min(PREFERENCE_MAX_LENGTH,
                                                                      context))
         row.update({"pairs": got["pairs"], f"{which}_accuracy": got["accuracy"],
                     f"{which}_margin": got["margin"]})
-    return row
+    return row, None
 
 
 def _weights(base: str, run: RunFolder, trust_remote_code: bool, allow_pickle: bool) -> dict:
@@ -283,7 +288,7 @@ def _measure(run: RunFolder, cfg: TrainConfig, base: str, reference, *, device: 
     packing = packing_for(spec, pair.models["tuned"][0].config, None, None)
     preference = None
     if cfg.task == "preference":  # its data is pairs: learning is preferring the chosen answer
-        preference, learning, note = _preference(pair, cfg), None, None
+        (preference, note), learning = _preference(pair, cfg), None
     else:
         learning, note = _learning(pair, packing, cfg)
     forgetting = _perplexity_row(pair, packing, lambda tok: tokenize_examples(examples, tok),
