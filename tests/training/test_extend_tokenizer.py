@@ -139,11 +139,16 @@ def test_lora_on_a_tied_embedding_keeps_it_tied(tiny_gpt2, corpus, home, tmp_pat
     assert "transformer.wte.weight" in lmtune.diff(str(run.out)).changed
 
 
-def test_an_extended_lora_run_resumes_on_the_same_extended_model(tiny_llama, corpus, home,
-                                                                 tmp_path):
-    opts = dict(model=str(tiny_llama), out=str(tmp_path / "run"), method="lora",
+def _resumable(model, tmp_path) -> dict:
+    """An extended LoRA run on a constant rate with a checkpoint every 2 steps."""
+    return dict(model=str(model), out=str(tmp_path / "run"), method="lora",
                 extend_tokenizer=ADD, lr=1e-2, save_every=2, lr_schedule="constant",
                 warmup_steps=0, **FAST)
+
+
+def test_an_extended_lora_run_resumes_on_the_same_extended_model(tiny_llama, corpus, home,
+                                                                 tmp_path):
+    opts = _resumable(tiny_llama, tmp_path)
     lmtune.train(str(corpus), max_steps=2, **opts)
     ext = _extended(home)
     stamp = (ext / "model.safetensors").stat().st_mtime_ns
@@ -161,9 +166,7 @@ def test_an_extended_lora_run_resumes_on_the_same_extended_model(tiny_llama, cor
 def test_a_resume_makes_a_removed_extension_again_the_same(tiny_llama, corpus, home,
                                                             tmp_path):
     import shutil
-    opts = dict(model=str(tiny_llama), out=str(tmp_path / "run"), method="lora",
-                extend_tokenizer=ADD, lr=1e-2, save_every=2, lr_schedule="constant",
-                warmup_steps=0, **FAST)
+    opts = _resumable(tiny_llama, tmp_path)
     lmtune.train(str(corpus), max_steps=2, **opts)
     ext = _extended(home)
     before = (ext / "tokenizer.json").read_bytes(), (ext / "model.safetensors").read_bytes()
