@@ -100,3 +100,50 @@ def test_chunked_path_under_bf16_autocast_matches_plain(fixture, request):
     keep_lora_inputs_in_autocast_dtype(apply_lora(model, r=4, alpha=8, dropout=0.0,
                                                   targets=None))
     assert not any(getattr(m, "cast_input_dtype_enabled", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])  # tied head; untied head
+@pytest.mark.parametrize("chunk_rows", [7, 4096])
+def test_trained_rows_of_an_extended_vocabulary_take_the_chunked_path(fixture, chunk_rows,
+                                                                      request, monkeypatch):
+    """LoRA with new embedding rows (train --extend-tokenizer): PEFT's trainable tokens wrap
+    the head, and the chunked loss gives the same loss and the same gradients for the new
+    rows, the LoRA weights and nothing else, as the full-logits path; and with the adapter
+    switched off (the report's "before" model) the head is the base model's."""
+    folder = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    model = load_base(Resolved(str(folder), str(folder)))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    new_rows = list(range(vocab - 12, vocab))
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0, targets=None, new_rows=new_rows)
+    for n, p in model.named_parameters():  # move B and the new rows off their start
+        if "lora_B" in n or "trainable_tokens_delta" in n:
+            p.data.normal_(0, 0.05)
+    assert chunked_ce.supports_chunked_loss(model)
+    model.train()
+    batch = _batch(folder)
+    batch.labels[0, 5:9] = torch.tensor(new_rows[:4])  # some targets are new pieces
+    monkeypatch.setattr(chunked_ce, "CHUNK_ROWS", chunk_rows)
+    results = []
+    for chunked in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = loss_sum(model, batch, "cpu", chunked=chunked)
+        (loss / 3).backward()
+        results.append((loss.item(), _grads(model)))
+    (plain, g_plain), (fast, g_fast) = results
+    assert fast == pytest.approx(plain, rel=1e-5)
+    assert g_plain.keys() == g_fast.keys()
+    assert any("trainable_tokens_delta" in n for n in g_fast)
+    for name in g_plain:
+        torch.testing.assert_close(g_fast[name], g_plain[name], rtol=1e-4, atol=1e-5)
+    model.eval()  # no dropout: the passes below draw nothing
+    with torch.no_grad():
+        on = loss_sum(model, batch, "cpu", chunked=True).item()
+        with model.disable_adapter():
+            weight, rows, _ = chunked_ce.head_weights(model)
+            assert rows is None
+            off = loss_sum(model, batch, "cpu", chunked=True).item()
+            assert off == pytest.approx(loss_sum(model, batch, "cpu", chunked=False).item(),
+                                        rel=1e-5)
+    assert off != pytest.approx(on, rel=1e-3)

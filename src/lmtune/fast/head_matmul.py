@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from lmtune.fast import trainable_rows
+
 SMALL_HEAD = 8192  # fewer rows than this fit in cache whole: the plain product
 DECODE_ROWS = 32   # at most this many hidden rows take the decoding formulation
 
@@ -36,19 +38,28 @@ def decode_logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 class decoding_head:  # noqa: N801 (a context manager)
     """`with decoding_head(model):` the model's plain LM head computes its logits with
     `decode_logits` (CPU only; other heads, a LoRA-wrapped one for instance, are left alone).
-    Only the head's forward is replaced, on the instance: the module, its tied weight and
-    every reference to it stay as they are."""
+    A head whose new rows train under LoRA (trainable_rows.py) reads its merged matrix once
+    here, on any device, instead of PEFT copying the whole head for every token. Only the
+    head's forward is replaced, on the instance: the module, its tied weight and every
+    reference to it stay as they are."""
 
     def __init__(self, model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-        fits = (type(head) is torch.nn.Linear and head.bias is None
-                and head.weight.device.type == "cpu" and "forward" not in vars(head))
+        self.rows = trainable_rows.token_layer(head) if head is not None else None
+        if self.rows is not None:
+            adapter = trainable_rows.active_rows(self.rows)
+            fits = adapter not in (None, trainable_rows.BASE) and "forward" not in vars(head)
+            self.adapter = adapter
+        else:
+            fits = (type(head) is torch.nn.Linear and head.bias is None
+                    and head.weight.device.type == "cpu" and "forward" not in vars(head))
         self.head = head if fits else None
 
     def __enter__(self):
         if self.head is not None:
-            weight = self.head.weight
+            weight = self.head.weight if self.rows is None else \
+                trainable_rows.merged_weight(self.rows, self.adapter)
             self.head.forward = lambda h: decode_logits(h, weight)
         return self
 

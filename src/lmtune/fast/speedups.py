@@ -10,6 +10,8 @@ timed step is the step that trains.
   dropout     CPU: drawing only the dropped positions (dropout.py)
   memory      CPU, one process: the loss's vocabulary-sized buffers in a workspace kept
               between steps, and direct embedding/head gradients (step_memory.py)
+  new rows    every device: LoRA's trained rows of an extended vocabulary without PEFT's
+              vocabulary-sized copies (trainable_rows.py)
 
 Each keeps the model's function: the same outputs (within float rounding) and the same saved
 weights. Nothing here changes which weights train or what the optimizer does.
@@ -23,6 +25,7 @@ from lmtune.fast.dropout import use_fast_dropout
 from lmtune.fast.gelu import use_fused_gelu
 from lmtune.fast.packed_attention import prefer_eager_attention, use_packed_attention
 from lmtune.fast.step_memory import StepMemory, cpu_step_memory
+from lmtune.fast.trainable_rows import use_trainable_rows
 
 EAGER_MAX_BLOCK = 512  # see packed_attention.prefer_eager_attention
 
@@ -47,6 +50,7 @@ class speedups:  # noqa: N801 (a context: `fast = speedups(model, ...)`; `with f
                 and block_size <= EAGER_MAX_BLOCK:
             prefer_eager_attention(hf_model)
         use_fused_gelu(model)
+        use_trainable_rows(model)
         if device == "cpu":
             use_fast_dropout(model)
 

@@ -15,8 +15,13 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from lmtune.fast.chunked_ce import linear_cross_entropy_sum, supports_chunked_loss
-from lmtune.fast.packed_attention import NAME as PACKED, attach_window_starts
+from lmtune.fast.chunked_ce import (
+    head_weights,
+    linear_cross_entropy_sum,
+    supports_chunked_loss,
+)
+from lmtune.fast.packed_attention import NAME as PACKED
+from lmtune.fast.packed_attention import attach_window_starts
 
 _CHUNKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -106,8 +111,8 @@ def loss_sum(model, batch, device, chunked: bool = True) -> torch.Tensor:
             out = model(**inputs, output_hidden_states=True, logits_to_keep=none)
             last = out.hidden_states[-1]
         hidden = last[:, :-1].flatten(0, 1)  # (B*(T-1), H)
-        head = getattr(model, "module", model).get_output_embeddings()
-        return linear_cross_entropy_sum(hidden, head.weight, targets)
+        weight, rows, row_weight = head_weights(getattr(model, "module", model))
+        return linear_cross_entropy_sum(hidden, weight, targets, rows, row_weight)
     logits = model(**inputs).logits  # (B, T, V)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets,
                            ignore_index=-100, reduction="sum")
@@ -143,7 +148,9 @@ def sequence_logps(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
             - torch.logsumexp(logits, dim=-1)
         return sums.index_add(0, rows, logp), counts
     hidden = backbone(**inputs).last_hidden_state[:, :-1][rows, cols]  # (N, H), after the norm
-    weight = getattr(model, "module", model).get_output_embeddings().weight
+    weight, token_rows, row_weight = head_weights(getattr(model, "module", model))
+    if token_rows is not None:  # trained rows of an extended vocabulary: autograd reaches them
+        weight = weight.index_copy(0, token_rows, row_weight.to(weight.dtype))
     parts = []
     for start in range(0, len(rows), LOGP_CHUNK_ROWS):
         h, y = hidden[start:start + LOGP_CHUNK_ROWS], targets[rows, cols][start:start
