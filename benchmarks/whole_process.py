@@ -10,6 +10,8 @@ in fp32, 2 epochs over the first N jokes that pyjokes ships (en, de, it), lr 5e-
 schedule; tokens per step matched (HF: 8 examples per step; lmtune: one block of 8 examples'
 mean length). HF at its best: EOS appended, dynamic padding, length-grouped batches, no
 evaluation and no checkpoints (train_vs_hf.py's contender b); its process also saves the model.
+With --bare, a third contender: `lmtune train` with HF's settings (no validation split, no
+samples, no report), which shows what lmtune's extras cost.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--examples", type=int, default=430)
+    ap.add_argument("--bare", action="store_true",
+                    help="also time lmtune with HF's settings: no validation, samples, report")
     args = ap.parse_args()
     import pyjokes
     from train_vs_hf import EXAMPLES_PER_STEP, make_model
@@ -70,14 +74,22 @@ def main() -> None:
               "1", "--out", str(tmp / "lm"), "--overwrite"]
         print(f"{len(texts)} examples, mean {mean_len:.1f} tokens; lmtune block {block}",
               flush=True)
-        times = {"hf": [], "lmtune": []}
+        contenders = [("hf", hf), ("lmtune", lm)]
+        if args.bare:
+            contenders.append(("lmtune bare", lm + ["--val-split", "0", "--sample-every", "0",
+                                                    "--no-report"]))
+        times = {name: [] for name, _ in contenders}
         for r in range(args.rounds):
-            for name, cmd in (("hf", hf), ("lmtune", lm)):
+            for name, cmd in contenders:
                 times[name].append(timed(cmd))
                 print(f"round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
         h, m = statistics.median(times["hf"]), statistics.median(times["lmtune"])
         print(f"\nmedian whole process: HF best {h:.1f} s, lmtune {m:.1f} s: lmtune "
               f"{h / m:.2f}x as fast")
+        if args.bare:
+            b = statistics.median(times["lmtune bare"])
+            print(f"lmtune with HF's settings {b:.1f} s: {h / b:.2f}x as fast; its validation, "
+                  f"samples and report cost {m - b:.1f} s")
 
 
 if __name__ == "__main__":
