@@ -244,3 +244,26 @@ def test_a_dry_run_times_the_extended_model_and_writes_no_run(tiny_gpt2, corpus,
     assert "tokenizer extend --corpus" not in warnings  # it is being extended already
     assert f"even with --extend-tokenizer {ADD}" in warnings  # 60 pieces are few
     assert _extended(home).is_dir()  # kept, as the token cache is, for the run to come
+
+
+def test_the_run_says_how_often_it_reads_its_new_pieces(tiny_gpt2, corpus, home, tmp_path):
+    """A new row learns only from the steps that hold its piece: the start note gives the
+    median number of reads over the run, and says so when most pieces are read too rarely."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    said = {}
+    for steps in (1, None):  # one step of a ~30-step epoch; the whole epoch
+        notes = []
+        lmtune.train(str(corpus), model=str(tiny_gpt2), out=str(tmp_path / f"r{steps}"),
+                     method="full", extend_tokenizer=ADD, max_steps=steps, epochs=1,
+                     val_split=0, **FAST, on_event=lambda e, d: notes.append(d.get("text", "")))
+        said[steps] = next(n for n in notes if "tokenizer extended" in n)
+    tok = AutoTokenizer.from_pretrained(_extended(home))
+    first = len(tok) - ADD
+    ids = np.concatenate([tok(line)["input_ids"] for line in
+                          corpus.read_text(encoding="utf-8").split("\n") if line])
+    counts = np.bincount(ids[ids >= first] - first, minlength=ADD)
+    assert f"reads the median new piece {np.median(counts):.1f} times" in said[None]
+    assert "add fewer" not in said[None]
+    assert "add fewer (--extend-tokenizer)" in said[1]

@@ -113,7 +113,7 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
                  optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                  device=device, precision=precision, fast=fast, start=start, changes=changes,
                  threads=threads, params=params,
-                 warnings=[w for w in (warning, _extension_note(resolved, cfg)) if w],
+                 warnings=[w for w in (warning, _extension_note(resolved, cfg, data)) if w],
                  warmup=EmbeddingWarmup(accelerator.unwrap_model(model), params,
                                         cfg.warmup_embeddings))
 
@@ -140,13 +140,38 @@ def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object
     return resolved, tokenizer, data
 
 
-def _extension_note(resolved: Resolved, cfg: TrainConfig) -> str | None:
+def _extension_note(resolved: Resolved, cfg: TrainConfig, data: TaskData) -> str | None:
     ext = (resolved.info or {}).get("tokenizer_extension") if cfg.extend_tokenizer else None
     if not ext:
         return None
     return (f"tokenizer extended on {Path(cfg.data).name}: {ext['added']:,} new pieces, "
             f"{ext['chars_per_token_before']:.2f} -> {ext['chars_per_token_after']:.2f} "
-            f"characters per token (model kept in {resolved.path})")
+            f"characters per token (model kept in {resolved.path})"
+            + _new_piece_reads(ext, data))
+
+
+RARE_READS = 10  # a piece read fewer times than this in a run keeps most of its averaged start
+
+
+def _new_piece_reads(ext: dict, data: TaskData) -> str:
+    """How often this run reads its new pieces as targets: a new row learns only from the
+    steps that contain its piece, so a short run over many new pieces leaves most of them
+    near their averaged start (issue 21: 100 steps over 20,000 pieces read the median piece
+    less than once, and the samples fell back on the old tokens)."""
+    import numpy as np
+
+    docs, plan = getattr(data.train_set, "docs", None), data.plan
+    if docs is None or not plan.steps_per_epoch:
+        return ""
+    ids = np.asarray(docs.ids) - ext["first_id"]
+    counts = np.bincount(ids[(ids >= 0) & (ids < ext["added"])], minlength=ext["added"])
+    reads = counts * (plan.total_steps / plan.steps_per_epoch)
+    rare = int((reads < RARE_READS).sum())
+    note = f"; this run reads the median new piece {np.median(reads):.1f} times"
+    if rare > ext["added"] // 2:
+        note += (f" and {rare:,} of them fewer than {RARE_READS} times, so those stay near "
+                 f"their averaged start: train longer, or add fewer (--extend-tokenizer)")
+    return note
 
 
 def base_name(spec: str) -> str:
