@@ -27,6 +27,24 @@ CHUNK_ROWS = 256  # 256 x 49,152 fp32 probabilities: 50 MB at a time
 ALL_ROWS_BYTES = 256 << 20
 
 
+def _add_chunk_weight_grad(memory, grad_weight, held, grad_c, h, acc):
+    """One chunk's share of the head's weight gradient, grad_c.T @ h, added to the sum so far
+    (None before the first chunk); returns (the sum, its held workspace buffer)."""
+    vocab, width, dtype, device = grad_c.shape[1], h.shape[1], grad_c.dtype, grad_c.device
+    if grad_weight is None:
+        grad_weight = torch.mm(grad_c.T, h, out=buffer(memory, "grad_weight", vocab, width,
+                                                       dtype, device))
+        return grad_weight, step_memory.hold(memory, "grad_weight", dtype, device)
+    if grad_weight.dtype != acc:  # several chunks add up in fp32
+        grad_weight = buffer(memory, "grad_weight_sum", vocab, width, acc,
+                             device).copy_(grad_weight)
+        step_memory.release(memory, held)
+        held = step_memory.hold(memory, "grad_weight_sum", acc, device)
+    grad_weight += torch.mm(grad_c.T, h, out=buffer(memory, "grad_weight_part", vocab, width,
+                                                    dtype, device))
+    return grad_weight, held
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     """sum over rows with label != -100 of CE(hidden @ weight.T, label)."""
 
@@ -89,18 +107,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 part = grad_c.index_select(1, rows).T @ h
                 grad_weight = part.to(acc) if grad_weight is None else grad_weight.add_(part)
             elif need_w and not all_rows:
-                if grad_weight is None:
-                    grad_weight = torch.mm(grad_c.T, h, out=buffer(
-                        memory, "grad_weight", vocab, h.shape[1], compute_dtype, device))
-                    held = step_memory.hold(memory, "grad_weight", compute_dtype, device)
-                else:
-                    if grad_weight.dtype != acc:  # several chunks add up in fp32
-                        grad_weight = buffer(memory, "grad_weight_sum", vocab, h.shape[1], acc,
-                                             device).copy_(grad_weight)
-                        step_memory.release(memory, held)
-                        held = step_memory.hold(memory, "grad_weight_sum", acc, device)
-                    grad_weight += torch.mm(grad_c.T, h, out=buffer(
-                        memory, "grad_weight_part", vocab, h.shape[1], compute_dtype, device))
+                grad_weight, held = _add_chunk_weight_grad(memory, grad_weight, held, grad_c,
+                                                           h, acc)
         if all_rows and len(targeted):
             # One matmul over every row (fp32 sums inside it, one rounding): the head's
             # weight gradient, a vocabulary-sized matrix (19M numbers for a 49k x 384 head).
