@@ -46,20 +46,22 @@ class decoding_head:  # noqa: N801 (a context manager)
     def __init__(self, model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-        self.rows = trainable_rows.token_layer(head) if head is not None else None
-        if self.rows is not None:
-            adapter = trainable_rows.active_rows(self.rows)
-            fits = adapter not in (None, trainable_rows.BASE) and "forward" not in vars(head)
-            self.adapter = adapter
-        else:
-            fits = (type(head) is torch.nn.Linear and head.bias is None
-                    and head.weight.device.type == "cpu" and "forward" not in vars(head))
-        self.head = head if fits else None
+        self.head, self.weight = None, None  # the weight: a callable, read on entering
+        if head is None or "forward" in vars(head):
+            return
+        layer = trainable_rows.token_layer(head)
+        if layer is not None:
+            adapter = trainable_rows.active_rows(layer)
+            if adapter not in (None, trainable_rows.BASE):
+                self.head = head
+                self.weight = lambda: trainable_rows.merged_weight(layer, adapter)
+        elif type(head) is torch.nn.Linear and head.bias is None \
+                and head.weight.device.type == "cpu":
+            self.head, self.weight = head, lambda: head.weight
 
     def __enter__(self):
         if self.head is not None:
-            weight = self.head.weight if self.rows is None else \
-                trainable_rows.merged_weight(self.rows, self.adapter)
+            weight = self.weight()
             self.head.forward = lambda h: decode_logits(h, weight)
         return self
 

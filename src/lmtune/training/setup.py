@@ -154,7 +154,7 @@ RARE_READS = 10  # a piece read fewer times than this in a run keeps most of its
 
 
 def _new_piece_reads(ext: dict, data: TaskData) -> str:
-    """How often this run reads its new pieces as targets: a new row learns only from the
+    """How often this run reads its new pieces: a new row learns only from the
     steps that contain its piece, so a short run over many new pieces leaves most of them
     near their averaged start (issue 21: 100 steps over 20,000 pieces read the median piece
     less than once, and the samples fell back on the old tokens)."""
@@ -163,12 +163,14 @@ def _new_piece_reads(ext: dict, data: TaskData) -> str:
     docs, plan = getattr(data.train_set, "docs", None), data.plan
     if docs is None or not plan.steps_per_epoch:
         return ""
-    ids = np.asarray(docs.ids) - ext["first_id"]
-    counts = np.bincount(ids[(ids >= 0) & (ids < ext["added"])], minlength=ext["added"])
+    # Selected in the stored (possibly unsigned) dtype first: no int64 copy of the corpus.
+    first, added = ext["first_id"], ext["added"]
+    new = docs.ids[(docs.ids >= first) & (docs.ids < first + added)]
+    counts = np.bincount(new.astype(np.int64) - first, minlength=added)
     reads = counts * (plan.total_steps / plan.steps_per_epoch)
     rare = int((reads < RARE_READS).sum())
     note = f"; this run reads the median new piece {np.median(reads):.1f} times"
-    if rare > ext["added"] // 2:
+    if rare > added // 2:
         note += (f" and {rare:,} of them fewer than {RARE_READS} times, so those stay near "
                  f"their averaged start: train longer, or add fewer (--extend-tokenizer)")
     return note
