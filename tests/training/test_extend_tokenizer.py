@@ -267,3 +267,37 @@ def test_the_run_says_how_often_it_reads_its_new_pieces(tiny_gpt2, corpus, home,
     assert f"reads the median new piece {np.median(counts):.1f} times" in said[None]
     assert "add fewer" not in said[None]
     assert "add fewer (--extend-tokenizer)" in said[1]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_folder_tokenizer_extend_wrote_trains_the_rows_its_text_reads_and_only_those(
+        method, tiny_llama, corpus, home, tmp_path):
+    """`train --model DIR` on a folder `lmtune tokenizer extend` wrote trains its new rows
+    under LoRA too; a new piece the training text never holds keeps its averaged start
+    exactly (training/unread_rows.py), on the input side and in the untied head."""
+    from transformers import AutoTokenizer
+
+    from lmtune.vocab.extend import extend_model
+    ext = tmp_path / "ext"
+    extend_model(str(tiny_llama), str(corpus), ADD, str(ext))
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:12]
+    few = tmp_path / "few.txt"
+    few.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    notes = []
+    run = lmtune.train(str(few), model=str(ext), out=str(tmp_path / "run"), method=method,
+                       max_steps=4, lr=1e-2, val_split=0, **FAST,
+                       on_event=lambda e, d: notes.append(d.get("text", "")))
+    assert any(f"extended by {ADD} pieces" in n and "their rows train too" in n for n in notes)
+    tok = AutoTokenizer.from_pretrained(ext)
+    first = len(tok) - ADD
+    read = {i - first for line in lines for i in tok(line)["input_ids"] if i >= first}
+    assert 0 < len(read) < ADD  # the test means something only when some pieces are unread
+    start = _weights(ext)
+    after = _weights(run.final)
+    for side, name in {"embed_tokens": "model.embed_tokens.weight",
+                       "lm_head": "lm_head.weight"}.items():
+        (rows,) = ([v for k, v in after.items() if "trainable_tokens" in k and side in k]
+                   if method == "lora" else [after[name][first:]])
+        before = start[name][first:]
+        moved = {i for i in range(ADD) if not torch.equal(rows[i], before[i])}
+        assert moved == read, side

@@ -31,6 +31,7 @@ from lmtune.tasks.base import TaskData
 from lmtune.tasks.plan import Plan
 from lmtune.training import optim
 from lmtune.training.methods import METHODS, EmbeddingWarmup, count_parameters
+from lmtune.training.unread_rows import UnreadRows
 from lmtune.vocab.cached import extended_for_training, new_token_ids
 
 
@@ -57,6 +58,7 @@ class Setup:
     threads: object = None      # cpu.ThreadBudget: printed at start, kept in metrics.jsonl
     warnings: list[str] = dataclasses.field(default_factory=list)  # for the start messages
     warmup: EmbeddingWarmup | None = None  # --warmup-embeddings (methods.py)
+    unread: UnreadRows | None = None  # an extended vocabulary's unread rows (unread_rows.py)
 
     @property
     def plan(self) -> Plan:
@@ -84,8 +86,11 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
     warning = precision_warning(precision, device)
     torch.manual_seed(cfg.seed)
     method = METHODS[cfg.method]
-    model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg,
-                         new_rows=new_token_ids(resolved.info) if cfg.extend_tokenizer else None)
+    # The new rows of an extension train whether this run made it (--extend-tokenizer) or
+    # --model names a folder `lmtune tokenizer extend` wrote: under LoRA they would otherwise
+    # stay at their averaged start.
+    new_rows = new_token_ids(resolved.info) if task.name != "classify" else []
+    model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg, new_rows=new_rows)
     if start is not None:
         method.restore(model, start / "model")
     model.config.use_cache = False
@@ -115,7 +120,9 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
                  threads=threads, params=params,
                  warnings=[w for w in (warning, _extension_note(resolved, cfg, data)) if w],
                  warmup=EmbeddingWarmup(accelerator.unwrap_model(model), params,
-                                        cfg.warmup_embeddings))
+                                        cfg.warmup_embeddings),
+                 unread=UnreadRows(accelerator.unwrap_model(model), new_rows,
+                                   sharded=world.fsdp))
 
 
 def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object, TaskData]:
@@ -141,13 +148,16 @@ def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object
 
 
 def _extension_note(resolved: Resolved, cfg: TrainConfig, data: TaskData) -> str | None:
-    ext = (resolved.info or {}).get("tokenizer_extension") if cfg.extend_tokenizer else None
+    ext = (resolved.info or {}).get("tokenizer_extension") if cfg.task != "classify" else None
     if not ext:
         return None
-    return (f"tokenizer extended on {Path(cfg.data).name}: {ext['added']:,} new pieces, "
-            f"{ext['chars_per_token_before']:.2f} -> {ext['chars_per_token_after']:.2f} "
-            f"characters per token (model kept in {resolved.path})"
-            + _new_piece_reads(ext, data))
+    gain = (f"{ext['chars_per_token_before']:.2f} -> {ext['chars_per_token_after']:.2f} "
+            f"characters per token")
+    head = (f"tokenizer extended on {Path(cfg.data).name}: {ext['added']:,} new pieces, {gain} "
+            f"(model kept in {resolved.path})" if cfg.extend_tokenizer else
+            f"the model's tokenizer was extended by {ext['added']:,} pieces ({gain} on "
+            f"{Path(ext['corpus']).name}); their rows train too")
+    return head + _new_piece_reads(ext, data)
 
 
 RARE_READS = 10  # a piece read fewer times than this in a run keeps most of its averaged start

@@ -61,6 +61,7 @@ def train_step(setup, micro: list, step: int | None = None) -> StepResult:
         for name, value in stats.items():
             step_stats[name] = step_stats.get(name, 0) + value.detach()
     setup.warmup.hold(step)  # --warmup-embeddings: only the embedding updates at first
+    setup.unread.drop(micro)  # new vocabulary rows the step did not read keep their start
     # One host sync per step: a non-finite gradient must skip the update, never reach the
     # weights (and so never a checkpoint).
     grad_norm = optim.clip_gradients(accelerator, setup.params,
