@@ -104,6 +104,10 @@ def test_lora_trains_the_new_rows_and_no_old_one_and_merges(tiny_llama, corpus, 
         changed = (after[n:] - before[n:]).abs().amax(1) > 0
         assert changed.float().mean() > 0.5, changed  # most new pieces occur in the data
     assert merged.config.vocab_size == base.config.vocab_size
+    again = lmtune.train(str(corpus), model=str(merged_dir), out=str(tmp_path / "again"),
+                         method="lora", max_steps=1, **FAST)  # the merged rows have learned:
+    assert not any("trainable_tokens" in k  # LoRA on them leaves them frozen, as any base
+                   for k in load_file(again.final / "adapter_model.safetensors"))
     zh = corpus.read_text(encoding="utf-8")[:4]
     sample = lmtune.generate(str(run.out), [zh], max_new_tokens=8, device="cpu")[0]
     assert sample.prompt == zh  # the adapter loads with its rows over the extended base

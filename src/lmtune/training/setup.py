@@ -32,7 +32,7 @@ from lmtune.tasks.plan import Plan
 from lmtune.training import optim
 from lmtune.training.methods import METHODS, EmbeddingWarmup, count_parameters
 from lmtune.training.unread_rows import UnreadRows
-from lmtune.vocab.cached import extended_for_training, new_token_ids
+from lmtune.vocab.cached import extended_for_training, untrained_rows
 
 
 @dataclass
@@ -89,7 +89,7 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
     # The new rows of an extension train whether this run made it (--extend-tokenizer) or
     # --model names a folder `lmtune tokenizer extend` wrote: under LoRA they would otherwise
     # stay at their averaged start.
-    new_rows = new_token_ids(resolved.info) if task.name != "classify" else []
+    new_rows = untrained_rows(resolved.info) if task.name != "classify" else []
     model = method.apply(task.load_model(resolved, cfg, tokenizer), cfg, new_rows=new_rows)
     if start is not None:
         method.restore(model, start / "model")
@@ -118,7 +118,8 @@ def build(cfg: TrainConfig, task, world: World, run: RunFolder) -> Setup:
                  optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                  device=device, precision=precision, fast=fast, start=start, changes=changes,
                  threads=threads, params=params,
-                 warnings=[w for w in (warning, _extension_note(resolved, cfg, data)) if w],
+                 warnings=[w for w in (warning, _extension_note(resolved, cfg, data, new_rows))
+                           if w],
                  warmup=EmbeddingWarmup(accelerator.unwrap_model(model), params,
                                         cfg.warmup_embeddings),
                  unread=UnreadRows(accelerator.unwrap_model(model), new_rows,
@@ -147,10 +148,12 @@ def prepare_data(cfg: TrainConfig, task, world: World) -> tuple[Resolved, object
     return resolved, tokenizer, data
 
 
-def _extension_note(resolved: Resolved, cfg: TrainConfig, data: TaskData) -> str | None:
-    ext = (resolved.info or {}).get("tokenizer_extension") if cfg.task != "classify" else None
-    if not ext:
+def _extension_note(resolved: Resolved, cfg: TrainConfig, data: TaskData,
+                    new_rows: list[int]) -> str | None:
+    """What an extension whose rows this run trains gained, and how often it reads them."""
+    if not new_rows:
         return None
+    ext = resolved.info["tokenizer_extension"]
     gain = (f"{ext['chars_per_token_before']:.2f} -> {ext['chars_per_token_after']:.2f} "
             f"characters per token")
     head = (f"tokenizer extended on {Path(cfg.data).name}: {ext['added']:,} new pieces, {gain} "

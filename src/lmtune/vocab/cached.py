@@ -70,3 +70,10 @@ def new_token_ids(info: dict | None) -> list[int]:
     """The ids an extension added (consecutive from its first), from its lmtune.json."""
     ext = (info or {}).get("tokenizer_extension") or {}
     return list(range(ext["first_id"], ext["first_id"] + ext["added"])) if ext else []
+
+
+def untrained_rows(info: dict | None) -> list[int]:
+    """The ids of an extension no run has trained yet: the folder `lmtune tokenizer extend`
+    or --extend-tokenizer wrote. A trained or merged run's lmtune.json names its method; its
+    rows have learned, and LoRA on it leaves them frozen like every other base weight."""
+    return [] if (info or {}).get("method") else new_token_ids(info)
