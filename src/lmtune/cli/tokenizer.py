@@ -49,6 +49,8 @@ def cmd_extend(cfg: TokenizerExtendConfig) -> int:
     head = "tied to the embedding" if r.tied_head else "grown with it"
     print(f"embedding grown to {r.vocab:,} rows, each new one the mean of the rows it "
           f"replaces; output head {head}")
+    print("new output rows calibrated to the pieces' frequencies in the corpus" if r.calibrated
+          else f"new output rows left as averages: {r.not_calibrated_why}")
     print(f"model: {r.out}")
     print(f"next: lmtune train DATA --model {r.out}")
     return 0

@@ -19,7 +19,8 @@ from lmtune.models.resolve import Resolved
 from lmtune.run.artifact import read_run_info
 from lmtune.vocab.extend import extend_model
 
-KEY_VERSION = 1           # raised when extension changes what it writes for the same inputs
+KEY_VERSION = 2           # raised when extension changes what it writes for the same inputs
+# 2: the new output rows are calibrated to the corpus (vocab/calibrate.py)
 _WHOLE_FILE_LIMIT = 64 << 20  # larger base files (weights) are keyed by name and size only
 
 

@@ -23,6 +23,7 @@ from lmtune.progress import stage
 from lmtune.run.artifact import finish_artifact
 from lmtune.version import __version__
 from lmtune.vocab import bpe
+from lmtune.vocab.calibrate import calibrate_rows, sample_rows
 
 # The corpus's tokenizer learns this many pieces per piece asked for: many it learns the base
 # already has, or are ASCII (never added); 2x left 20,000 new pieces of 40,000 on 4 MB of
@@ -46,6 +47,8 @@ class ExtendResult:
     already_known: int
     ascii_only: int
     unreachable: int
+    calibrated: bool = False  # the new output rows, to the corpus's frequencies (calibrate.py)
+    not_calibrated_why: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,13 +103,18 @@ def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: 
                              "bytes")
     net = load_base(resolved, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tied = grow_embedding(net, ext.ids, bpe.constituents(spec, ext.pieces))
-    before, after = _chars_per_token(spec, ext.spec, texts)
+    before, after, encoded = _chars_per_token(spec, ext.spec, texts)
+    with stage("calibrating the new pieces' output rows on the corpus"):
+        calibration = calibrate_corpus(net, encoded, ext.ids, tokenizer)
     info = {"lmtune_version": __version__, "task": "generate", "base_model": resolved.spec,
             "tokenizer_extension": {"corpus": str(corpus), "kind": kind,
                                     "added": len(ext.pieces), "first_id": ext.ids[0],
                                     "base_model": resolved.spec, "base_vocab": len(tokenizer),
                                     "chars_per_token_before": round(before, 4),
-                                    "chars_per_token_after": round(after, 4)}}
+                                    "chars_per_token_after": round(after, 4),
+                                    "calibrated": calibration.done,
+                                    "calibration": calibration.why or
+                                    f"mean shift {calibration.mean_abs_shift:.2f} nats"}}
     with disk_errors(target), new_folder(target, exists=exists) as tmp, \
             stage(f"saving {target}"):
         net.save_pretrained(tmp, safe_serialization=True)
@@ -115,7 +123,8 @@ def extend_model(model: str | None, corpus: str, add: int, out: str, *, column: 
         finish_artifact(tmp, info)
     return ExtendResult(str(target), resolved.spec, kind, len(tokenizer), len(ext.pieces),
                         len(tokenizer) + len(ext.pieces), tied, sum(map(len, texts)), before,
-                        after, ext.learned, ext.already_known, ext.ascii_only, ext.unreachable)
+                        after, ext.learned, ext.already_known, ext.ascii_only, ext.unreachable,
+                        calibration.done, calibration.why)
 
 
 def grow_embedding(model, ids: list[int], parts: list[list[int]]) -> bool:
@@ -163,8 +172,25 @@ def write_tokenizer(folder: Path, ext: bpe.Extension, trust_remote_code: bool) -
                              "tokenizer.json; convert the model to a fast tokenizer first")
 
 
-def _chars_per_token(base: dict, extended: dict, texts: list[str],
-                     limit: int = 2_000_000) -> tuple[float, float]:
+def calibrate_corpus(net, encoded: list[list[int]], ids: list[int], tokenizer):
+    """calibrate.calibrate_rows with the new pieces' counts over the corpus `encoded` (by
+    the extended tokenizer) and a sample of it, after the model's start token."""
+    import torch
+
+    first = ids[0]
+    flat = torch.tensor([i for e in encoded for i in e if i >= first], dtype=torch.long)
+    counts = torch.bincount(flat - first, minlength=len(ids)).double()
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None \
+        else tokenizer.eos_token_id
+    n_params = sum(p.numel() for p in net.parameters())
+    total = sum(map(len, encoded))
+    return calibrate_rows(net, sample_rows(encoded, n_params), counts, total, first, start)
+
+
+def _chars_per_token(base: dict, extended: dict, texts: list[str], limit: int = 2_000_000
+                     ) -> tuple[float, float, list[list[int]]]:
+    """Characters per token before and after on up to `limit` characters of the corpus, and
+    those texts' ids by the extended tokenizer."""
     from tokenizers import Tokenizer
 
     sample, n = [], 0
@@ -173,9 +199,9 @@ def _chars_per_token(base: dict, extended: dict, texts: list[str],
         n += len(t)
         if n >= limit:
             break
-    out = []
+    out, encoded = [], []
     for spec in (base, extended):
         tok = Tokenizer.from_str(json.dumps(spec))
-        tokens = sum(len(e.ids) for e in tok.encode_batch(sample, add_special_tokens=False))
-        out.append(n / max(tokens, 1))
-    return out[0], out[1]
+        encoded = [e.ids for e in tok.encode_batch(sample, add_special_tokens=False)]
+        out.append(n / max(sum(map(len, encoded)), 1))
+    return out[0], out[1], encoded
