@@ -300,3 +300,31 @@ def test_preference_on_two_processes_trains_like_one(setup, method, tmp_path, mo
     wa, wb = (load_file(out / "final" / name) for out in (one, two))
     assert wa.keys() == wb.keys() and max(
         (wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_an_extended_lora_run_on_two_processes_trains_like_one(setup, tmp_path, monkeypatch):
+    """--extend-tokenizer under LoRA on two ranks (batch 2 each) against one process (batch
+    4): the same losses, and the same new rows at the end. A new row moves only when some
+    rank's share of the step read its piece (training/unread_rows.py), so the ranks agree on
+    the union of their reads; masking each rank by its own share would split the ranks' rows
+    and differ from one process."""
+    from tiny_models import chinese_corpus
+    data = chinese_corpus(tmp_path / "zh.txt", lines=60)
+    opts = {**SAME, "method": "lora", "model": str(setup["model"]), "extend_tokenizer": 40,
+            "block_size": 48, "max_steps": 4, "lr": 1e-2, "eval_every": 4, "sample_every": 0}
+    env = dict(setup["env"], LMTUNE_HOME=str(tmp_path / "home"))
+    monkeypatch.setenv("LMTUNE_HOME", str(tmp_path / "home-one"))
+    one = lmtune.train(str(data), out=str(tmp_path / "one"), batch_size=4, **opts).out
+    two = tmp_path / "two"
+    _torchrun(data, {**opts, "batch_size": 2, "out": two}, env)
+    _assert_same_losses(one, two, tol=1e-5)
+    wa, wb = (load_file(out / "final" / "adapter_model.safetensors") for out in (one, two))
+    (rows,) = [k for k in wa if "trainable_tokens" in k]
+    assert wa.keys() == wb.keys()
+    (ext,) = (tmp_path / "home-one" / "extended").iterdir()
+    start = load_file(ext / "model.safetensors")["transformer.wte.weight"][-40:]
+    moved = [{i for i in range(40) if not torch.equal(w[rows][i], start[i])} for w in (wa, wb)]
+    assert moved[0] == moved[1] and 0 < len(moved[0]) < 40
+    # A row one rank masked and the other did not would differ by Adam steps of lr (1e-2);
+    # summing over two ranks leaves differences that Adam scales up to about 1e-5 here.
+    assert (wa[rows] - wb[rows]).abs().max() < 1e-4
