@@ -161,6 +161,16 @@ def test_the_cli_writes_the_folder_or_refuses_in_one_line(tiny_gpt2, corpus, tmp
                  "--add", "50", "--out", str(out), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["added"] == 50 and (out / "model.safetensors").is_file()
+    # The random tiny GPT-2 is near the line (spread 0.57 on these 50 pieces, 0.5 allowed):
+    # the folder records either outcome, and the CLI says the one it got.
+    info = json.loads((out / "lmtune.json").read_text())["tokenizer_extension"]
+    assert info["calibrated"] == got["calibrated"]
+    assert info["calibration"] == (got["not_calibrated_why"] or info["calibration"])
+    assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(corpus),
+                 "--add", "50", "--out", str(tmp_path / "said")]) == 0
+    said = capsys.readouterr().out
+    assert ("new output rows calibrated to the pieces' frequencies" in said if got["calibrated"]
+            else f"new output rows left as averages: {got['not_calibrated_why']}" in said)
     assert main(["tokenizer", "extend", "--model", str(tiny_gpt2), "--corpus", str(corpus),
                  "--add", "50", "--out", str(out)]) != 0  # not empty: refused, kept
     err = capsys.readouterr().err
