@@ -53,8 +53,10 @@ def calibrate_rows(model, sample: list[list[int]], counts: torch.Tensor, total: 
     read after `start`) is its frequency in the corpus: `counts` (one entry per new piece)
     over `total`, the corpus's tokens."""
     head = model.get_output_embeddings()
-    if head is None or not sample:
+    if head is None:
         return Calibration(False, "the model has no output head to calibrate")
+    if not sample:
+        return Calibration(False, "the corpus holds no text to calibrate on")
     rows = head.weight
     if total <= 0 or counts.sum() <= 0:
         return Calibration(False, "the corpus holds none of the new pieces")
@@ -108,13 +110,13 @@ def _mean_probabilities(model, sample: list[list[int]], first: int, start: int |
     proj = torch.cat(hidden_rows) @ direction
     mu = float(proj.mean())
     spread = float(proj.std() / mu) if mu > 0 else math.inf
-    return (prob_sum / n).cpu(), direction.to(device).cpu(), mu, spread
+    return (prob_sum / n).cpu(), direction.cpu(), mu, spread
 
 
 def _predicting(mask: torch.Tensor) -> torch.Tensor:
     """The positions whose next token is in the text: every real one but each row's last."""
     keep = mask.bool().clone()
-    keep[torch.arange(len(mask)), mask.sum(1) - 1] = False
+    keep[torch.arange(len(mask), device=mask.device), mask.sum(1) - 1] = False
     return keep
 
 

@@ -3,7 +3,8 @@
 The tokenizer gets the corpus's new pieces (vocab/bpe.py: text outside the new language
 tokenizes exactly as before); the embedding (and an untied LM head; a tied one stays tied)
 grows by as many rows, each new row the mean of the base rows of the tokens its piece
-replaces ("mean of constituents", as the base tokenizer splits the piece), not noise. The
+replaces ("mean of constituents", as the base tokenizer splits the piece), not noise; the
+output rows are then calibrated to the pieces' frequencies in the corpus (calibrate.py). The
 result is an ordinary model folder, written whole or not at all (atomic.new_folder).
 """
 
