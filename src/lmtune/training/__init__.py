@@ -6,6 +6,7 @@
   loop.py      `fit`: steps, logging, validation, samples, checkpoints, final model
   dryrun.py    `--dry-run`: a few timed steps and the time a run will take
   methods.py   full, freeze, LoRA: which weights train
+  unread_rows.py  an extended vocabulary's new rows move only on the steps that read them
   optim.py     AdamW, the learning-rate schedule, gradient clipping
   launch.py    `--devices N`: the same training under torchrun
   flops.py     model FLOPs utilisation for the logs
